@@ -1,0 +1,41 @@
+# The whole pipeline in one DAG. Rules only name files; everything they run is `repro ...`.
+#
+#   snakemake --cores all                                   # embedded default (config.yaml)
+#   snakemake --cores all --configfile presets/test.yaml    # a preset replaces config.yaml whole
+import json
+from pathlib import Path
+
+from repro.config import ConfigError, validate_config, config_hash, format_lr
+
+# A preset given with --configfile is a complete config: it replaces config.yaml instead of being
+# merged into it (a merge would leave the default's datasets in a paper-scale run).
+if not workflow.overwrite_configfiles:
+    workflow.configfile("config.yaml")
+
+try:
+    config = validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+                             source=", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+RESULTS = "results"
+RESOURCES = "resources"
+MODEL = config["model"]["name"]
+
+# Every job reads the same validated config; it is rewritten only when its content changes, so
+# its timestamp never triggers reruns by itself.
+RESOLVED_CONFIG = f"{RESULTS}/config/resolved.yaml"
+_resolved_text = json.dumps(config, indent=2, sort_keys=True)
+_resolved_path = Path(RESOLVED_CONFIG)
+if not _resolved_path.exists() or _resolved_path.read_text() != _resolved_text:
+    _resolved_path.parent.mkdir(parents=True, exist_ok=True)
+    _resolved_path.write_text(_resolved_text)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/lm.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/lm/runs.csv",

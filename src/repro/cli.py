@@ -1,0 +1,157 @@
+"""``repro <command>``: the only entry point the Snakemake rules call.
+
+Every command reads a validated config file (``--configfile``), so each step can be run, tested and
+debugged by hand, on a laptop or on a cluster node, with exactly what the rule would run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configfile", required=True, type=Path, help="pipeline config (YAML), validated first")
+
+
+def cmd_config_check(args) -> int:
+    cfg = load_config(args.configfile)
+    if args.print:
+        print(json.dumps(cfg, indent=2, sort_keys=True))
+    else:
+        print(f"{args.configfile}: valid")
+    return 0
+
+
+def cmd_model_fetch(args) -> int:
+    from .lm.models import fetch_model
+
+    cfg = load_config(args.configfile)
+    manifest = fetch_model(cfg["model"], args.out, args.downloads, dtype=cfg["dtype"])
+    print(json.dumps({k: manifest[k] for k in ("name", "source", "weights")}, indent=2))
+    return 0
+
+
+def cmd_data_build(args) -> int:
+    from .lm.data import build_all
+
+    cfg = load_config(args.configfile)
+    manifest = build_all(cfg, args.model_dir, args.out)
+    for rel, info in manifest["files"].items():
+        print(f"{rel}: {info['rows']} rows, sha256 {info['sha256'][:12]}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .lm.data import finetune_paths, read_jsonl
+    from .lm.finetune import RunSpec, train_run
+
+    cfg = load_config(args.configfile)
+    if args.dataset not in cfg["data"]["finetune"]:
+        raise ConfigError(f"--dataset {args.dataset!r} is not a data.finetune entry of {args.configfile}")
+    spec = RunSpec.from_config(cfg, args.dataset, args.method, args.rank, args.lr, args.seed)
+    rows = read_jsonl(finetune_paths(args.data_dir, args.dataset)["train"])
+    summary = train_run(spec, args.model_dir, rows, args.out, progress=not args.no_progress)
+    print(f"trained {summary['steps_done']} steps; {len(summary['checkpoints'])} checkpoints; "
+          f"trainable params {summary['trainable_params']}; scaling {summary['scaling']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .lm.data import finetune_paths, forgetting_path, read_jsonl
+    from .lm.forgetting import evaluate_run
+
+    cfg = load_config(args.configfile)
+    summary = json.loads(Path(args.summary).read_text())
+    heldout = read_jsonl(finetune_paths(args.data_dir, summary["dataset"])["heldout"])
+    forgetting = {name: read_jsonl(forgetting_path(args.data_dir, name)) for name in cfg["data"]["forgetting"]}
+    rows = evaluate_run(
+        args.summary, args.model_dir, heldout, forgetting, args.out,
+        batch_size=cfg["evaluate"]["batch_size"], max_cache_gb=cfg["evaluate"]["max_cache_gb"],
+        device=cfg["device"], dtype=cfg["dtype"], threads=cfg["finetune"]["threads"],
+        progress=not args.no_progress,
+    )
+    last = rows[-1]
+    print(f"step {last['step']}: L_ft={last['loss_ft']:.4f} L_f={last['loss_forget']:.4f} KL={last['kl_forget']:.4f}")
+    return 0
+
+
+def cmd_aggregate(args) -> int:
+    from .lm.aggregate import aggregate
+
+    table = aggregate(args.summaries, args.out)
+    print(f"{args.out}: {len(table)} rows from {table.groupby(['dataset', 'method', 'rank', 'lr', 'seed']).ngroups} runs")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repro", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    p = config.add_parser("check", help="validate a config file (defaults filled)")
+    _add_config(p)
+    p.add_argument("--print", action="store_true", help="print the validated config with defaults")
+    p.set_defaults(func=cmd_config_check)
+
+    model = sub.add_parser("model", help="base models").add_subparsers(dest="action", required=True)
+    p = model.add_parser("fetch", help="download/convert the configured model to safetensors")
+    _add_config(p)
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    p.add_argument("--downloads", type=Path, default=Path("resources/downloads"), help="download cache")
+    p.set_defaults(func=cmd_model_fetch)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    p = data.add_parser("build", help="build fine-tuning data and forgetting corpora")
+    _add_config(p)
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_data_build)
+
+    p = sub.add_parser("finetune", help="one LoRA/rsLoRA run with log-spaced checkpoints (resumable)")
+    _add_config(p)
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True, choices=["lora", "rslora"])
+    p.add_argument("--rank", required=True, type=int)
+    p.add_argument("--lr", required=True, type=float)
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="L_ft and forgetting L_f at every checkpoint of a run")
+    _add_config(p)
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--data-dir", required=True, type=Path)
+    p.add_argument("--summary", required=True, type=Path, help="the run's summary.json")
+    p.add_argument("--out", required=True, type=Path, help="eval.csv to write")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", help="tidy table of every run x checkpoint")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("summaries", nargs="+", type=Path, help="summary.json of each run")
+    p.set_defaults(func=cmd_aggregate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"repro: config error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"repro: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Configuration: schema validation with defaults, and errors that name the offending key.
+
+The same schema file (``workflow/schemas/config.schema.yaml``) documents every key. Validation runs
+in the Snakefile before any job is scheduled, and in every CLI command that reads a config, so a bad
+config never starts (or half-finishes) a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that must not run; the message names every offending key."""
+
+
+def load_schema(path: Path | None = None) -> dict:
+    path = Path(path or SCHEMA_PATH)
+    if not path.exists():
+        raise ConfigError(f"config schema not found: {path}")
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        names = ", ".join(f"'{_key_path([*error.absolute_path, u])}'" for u in unknown) or key
+        hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key {names}{hint}"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        where = _key_path([*error.absolute_path, missing])
+        return f"missing key '{where}'" + _required_reason(error)
+    if error.validator == "anyOf":
+        desc = error.schema.get("description", "")
+        return f"key '{key}': {error.instance!r} is not valid" + (f"; expected: {desc}" if desc else "")
+    if error.validator == "enum":
+        allowed = ", ".join(repr(v) for v in error.validator_value)
+        return f"key '{key}': {error.instance!r} is not one of {allowed}"
+    if error.validator == "propertyNames":
+        return f"key '{key}': name {error.instance!r} is not allowed ({error.message})"
+    return f"key '{key}': {error.message}"
+
+
+def _required_reason(error: jsonschema.ValidationError) -> str:
+    # Conditional requirements (if/then) deserve the condition in the message, e.g. source: hf.
+    path = list(error.schema_path)
+    if "then" in path:
+        parent = error.instance if isinstance(error.instance, dict) else {}
+        for cond_key in ("source", "kind"):
+            if cond_key in parent:
+                return f" (needed when {cond_key} is {parent[cond_key]!r})"
+    return ""
+
+
+def _extend_with_defaults(validator_class):
+    validate_props = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
+
+
+def _semantic_errors(cfg: dict) -> list[str]:
+    errors = []
+    ft = cfg.get("finetune", {})
+    known = set(cfg.get("data", {}).get("finetune", {}))
+    for i, name in enumerate(ft.get("datasets", [])):
+        if name not in known:
+            errors.append(
+                f"key 'finetune.datasets[{i}]': {name!r} is not a data.finetune entry "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+    for name, spec in cfg.get("data", {}).get("finetune", {}).items():
+        if spec.get("kind") in ("model-samples", "pydoc-topics"):
+            errors.append(
+                f"key 'data.finetune.{name}.kind': {spec['kind']!r} is a forgetting corpus, "
+                "not a fine-tuning dataset"
+            )
+    for name, spec in cfg.get("data", {}).get("forgetting", {}).items():
+        if spec.get("kind") in ("stdlib-docstrings", "hf-instruct"):
+            errors.append(
+                f"key 'data.forgetting.{name}.kind': {spec['kind']!r} is instruction data; "
+                "a forgetting corpus is plain text"
+            )
+    steps = ft.get("checkpoints")
+    max_steps = ft.get("max_steps")
+    if isinstance(steps, list) and isinstance(max_steps, int):
+        bad = [s for s in steps if s > max_steps]
+        if bad:
+            errors.append(f"key 'finetune.checkpoints': steps {bad} exceed finetune.max_steps={max_steps}")
+    tiny = cfg.get("model", {}).get("tiny") or {}
+    if cfg.get("model", {}).get("source") == "tiny" and tiny:
+        h, nh, nkv = tiny.get("hidden_size"), tiny.get("num_attention_heads"), tiny.get("num_key_value_heads")
+        if h and nh and h % nh:
+            errors.append(f"key 'model.tiny.hidden_size': {h} is not divisible by num_attention_heads={nh}")
+        if nh and nkv and nh % nkv:
+            errors.append(
+                f"key 'model.tiny.num_key_value_heads': {nkv} does not divide num_attention_heads={nh}"
+            )
+    return errors
+
+
+def validate_config(config: dict, schema_path: Path | None = None, source: str = "config") -> dict:
+    """Return a validated copy of ``config`` with defaults filled in; raise ConfigError otherwise."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
+    cfg = copy.deepcopy(config)
+    validator = _DefaultFillingValidator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    messages = list(dict.fromkeys(_describe(e) for e in errors))
+    if not messages:
+        messages = _semantic_errors(cfg)
+    if messages:
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(f"  - {m}" for m in messages))
+    return cfg
+
+
+def load_config(path: str | Path, schema_path: Path | None = None) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return validate_config(raw, schema_path, source=str(path))
+
+
+def config_hash(config: dict) -> str:
+    """Stable short hash of a (validated) configuration, for provenance and bundle names."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def format_lr(lr: float) -> str:
+    """The learning rate as it appears in paths: short, exact, and stable (5e-04 -> 0.0005)."""
+    return f"{float(lr):g}"

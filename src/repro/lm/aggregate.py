@@ -1,0 +1,59 @@
+"""Collect every run's checkpoints into one tidy table: results/lm/runs.csv."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = [
+    "model", "dataset", "method", "rank", "lr", "seed", "step", "trainable_params",
+    "loss_ft", "loss_forget", "kl_forget", "base_entropy", "grad_norm",
+]
+RUN_KEYS = ["model", "dataset", "method", "rank", "lr", "seed", "alpha", "max_steps", "batch_size", "max_length"]
+
+
+def run_table(summary_path: Path) -> pd.DataFrame:
+    """One row per checkpoint of one run: run metadata, evaluation and training statistics."""
+    summary_path = Path(summary_path)
+    run_dir = summary_path.parent
+    summary = json.loads(summary_path.read_text())
+    eval_csv, log_csv = run_dir / "eval.csv", run_dir / "train_log.csv"
+    for path in (eval_csv, log_csv):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing (run 'repro evaluate' / 'repro finetune' for {run_dir})")
+    ev = pd.read_csv(eval_csv)
+    log = pd.read_csv(log_csv).set_index("step")
+    # Log row s holds the loss and gradient at the parameters *before* update s, i.e. of checkpoint
+    # s-1; the run ends with a probe row (no update) for the last checkpoint.
+    probe = log.reindex(ev["step"] + 1)
+    ev["grad_norm"] = probe["grad_norm"].to_numpy()
+    ev["grad_norm_global"] = probe["grad_norm_global"].to_numpy()
+    ev["train_loss"] = probe["loss"].to_numpy()
+    for key in RUN_KEYS:
+        ev[key] = summary[key]
+    ev["trainable_params"] = summary["trainable_params"]
+    scalings = summary["scaling"]
+    ev["scaling"] = scalings[0] if len(scalings) == 1 else math.nan
+    ev["run_dir"] = str(run_dir)
+    return ev
+
+
+def aggregate(summaries: list[Path], out_csv: Path) -> pd.DataFrame:
+    if not summaries:
+        raise ValueError("aggregate: no run summaries given")
+    table = pd.concat([run_table(Path(s)) for s in summaries], ignore_index=True)
+    first = REQUIRED_COLUMNS + [c for c in ("train_loss", "grad_norm_global", "scaling", "alpha") if c in table]
+    table = table[first + [c for c in table.columns if c not in first]]
+    table = table.sort_values(["model", "dataset", "method", "rank", "lr", "seed", "step"]).reset_index(drop=True)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table]
+    if missing:
+        raise ValueError(f"aggregate: columns missing from the tidy table: {missing}")
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_suffix(".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out_csv)
+    return table

