@@ -86,7 +86,11 @@ def _extend_with_defaults(validator_class):
                     instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_props(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    # JSON Schema counts 4.0 as an integer; a rank of 4.0 would then name a run directory r4.0.
+    type_checker = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda checker, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=type_checker)
 
 
 _DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
@@ -167,4 +171,4 @@ def config_hash(config: dict) -> str:
 
 def format_lr(lr: float) -> str:
     """The learning rate as it appears in paths: short, exact, and stable (5e-04 -> 0.0005)."""
-    return f"{float(lr):g}"
+    return repr(float(lr)).removesuffix(".0")

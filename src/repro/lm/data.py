@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import inspect
 import json
 import platform
 import random
@@ -156,7 +155,8 @@ def docstring_example(item: dict, max_answer_chars: int) -> dict:
     templates = QUESTION_TEMPLATES[item["kind"]]
     template = templates[int(stable_fraction("q:" + item["name"]) * len(templates))]
     question = template.format(name=item["name"], sig=item["signature"], module=item["module"])
-    answer = _truncate_doc(inspect.cleandoc(item["doc"]).strip(), max_answer_chars)
+    # ast.get_docstring(clean=True) already dedented it; cleaning again would flatten quoted blocks.
+    answer = _truncate_doc(item["doc"].strip(), max_answer_chars)
     return {
         "id": item["name"],
         "messages": [

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,8 @@ def train_run(
     grid = checkpoint_grid(spec.max_steps, spec.checkpoints)
     pad_id = tokenizer.pad_token_id
 
+    # Fault injection for the end-to-end resume test: a real SIGKILL (no cleanup) after this step.
+    kill_after = int(os.environ.get("REPRO_KILL_AFTER_STEP", "0")) or None
     start = _load_resume_state(state_dir, model, optimizer)
     log_path = state_dir / "train_log.csv"
     log_rows = _read_log(log_path, start)
@@ -319,7 +322,7 @@ def train_run(
             "grad_norm_global": grad_norm_global, "lr": spec.lr, "tokens": n_tokens, "supervised_tokens": n_sup,
             "seconds": seconds, "tokens_per_s": n_tokens / seconds,
         })
-        bar.set_postfix(loss=f"{float(loss):.3f}", gnorm=f"{grad_norm:.2e}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", gnorm=f"{grad_norm:.2e}")
         if probe:
             break
         last_step_done = step
@@ -330,6 +333,8 @@ def train_run(
             _save_resume_state(state_dir, model, optimizer, step)
         if on_step is not None:
             on_step(step)
+        if step == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     _write_log(log_path, log_rows)
     shutil.copyfile(log_path, run_dir / "train_log.csv")

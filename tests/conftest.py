@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny random Llama (built in-process) and small instruction data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Nothing in the test suite may reach a model or dataset hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 400,
+    "max_position_embeddings": 256,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from repro.lm.models import fetch_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    fetch_model({"name": "tiny", "source": "tiny", "tiny": TINY}, out, out.parent / "downloads")
+    return out
+
+
+@pytest.fixture(scope="session")
+def instruct_rows() -> dict[str, list[dict]]:
+    from repro.lm.data import build_stdlib_instruct
+
+    spec = {"max_train": 48, "max_heldout": 6, "heldout_percent": 10, "max_answer_chars": 200}
+    return build_stdlib_instruct(spec, seed=0)

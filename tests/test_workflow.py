@@ -1,0 +1,129 @@
+"""End to end: the real Snakemake DAG on the test preset, bad configs stopping it, the paper plan."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from repro.lm.aggregate import REQUIRED_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _workspace(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for item in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / item, tmp_path / item)
+    for folder in ("workflow", "presets"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    return tmp_path
+
+
+def _snakemake(cwd: Path, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_test_preset_runs_the_whole_dag(tmp_path):
+    ws = _workspace(tmp_path)
+    proc = _snakemake(ws, "--cores", "2", "--configfile", "presets/test.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = pd.read_csv(ws / "results/lm/runs.csv")
+    assert set(REQUIRED_COLUMNS) <= set(runs.columns)
+    # 2 methods x 2 ranks, each with checkpoints 0, 1, 2, 4, 8.
+    assert len(runs) == 4 * 5
+    assert runs.groupby(["method", "rank"])["step"].apply(list).map(lambda s: s == [0, 1, 2, 4, 8]).all()
+    numeric = runs[REQUIRED_COLUMNS].select_dtypes("number")
+    assert numeric.map(math.isfinite).all().all()
+    assert (runs["loss_forget"] >= runs["base_entropy"] - 1e-6).all()
+    step0 = runs[runs["step"] == 0]
+    assert (step0["kl_forget"].abs() < 1e-6).all()
+    assert ((runs["trainable_params"] > 0) & (runs["grad_norm"] > 0)).all()
+    # rsLoRA at rank 4 scales by alpha/2, LoRA by alpha/4.
+    r4 = runs[(runs["rank"] == 4) & (runs["step"] == 0)].set_index("method")["scaling"]
+    assert r4["rslora"] == pytest.approx(2 * r4["lora"])
+
+    # A second invocation has nothing to do: outputs are up to date.
+    again = _snakemake(ws, "-n", "--configfile", "presets/test.yaml")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("finetune.ranks=[4,0]", "finetune.ranks[1]"),
+        ("finetune.methods=[dora]", "finetune.methods[0]"),
+        ("finetune.rnaks=[4]", "finetune.rnaks"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, override, key):
+    ws = _workspace(tmp_path)
+    cfg = (ws / "presets/test.yaml").read_text()
+    section, rest = override.split(".", 1)
+    name, value = rest.split("=", 1)
+    cfg = cfg.replace(f"\n{section}:\n", f"\n{section}:\n  {name}: {value}\n", 1)
+    # A duplicate key would be ambiguous YAML; drop the original line if it exists.
+    lines, seen = [], False
+    for line in cfg.splitlines():
+        if line.strip().startswith(f"{name}:"):
+            if seen:
+                continue
+            seen = True
+        lines.append(line)
+    (ws / "bad.yaml").write_text("\n".join(lines) + "\n")
+    proc = _snakemake(ws, "-n", "--configfile", "bad.yaml")
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    assert not (ws / "results" / "lm").exists()
+
+
+def test_paper_preset_plans(tmp_path):
+    ws = _workspace(tmp_path)
+    proc = _snakemake(ws, "-n", "--configfile", "presets/paper.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    # 2 methods x 6 ranks on OpenOrca, Llama-2-7b-chat from the hub.
+    assert "llama-2-7b-chat" in out
+    for rule, count in (("finetune", 12), ("evaluate", 12), ("download_model", 1), ("aggregate", 1)):
+        assert any(line.split()[:2] == [rule, str(count)] for line in out.splitlines()), (rule, out[-3000:])
+
+
+def _one_run_config(ws: Path) -> str:
+    cfg = yaml.safe_load((ws / "presets/test.yaml").read_text())
+    cfg["finetune"].update(methods=["rslora"], ranks=[4])
+    (ws / "one.yaml").write_text(yaml.safe_dump(cfg))
+    return "one.yaml"
+
+
+@pytest.mark.slow
+def test_killed_finetune_job_resumes_under_snakemake(tmp_path):
+    """SIGKILL a fine-tuning job mid-run; rerunning the DAG resumes it and ends with the same table."""
+    killed = _workspace(tmp_path / "killed")
+    cfg = _one_run_config(killed)
+    first = _snakemake(killed, "--cores", "1", "--configfile", cfg, REPRO_KILL_AFTER_STEP="5")
+    assert first.returncode != 0
+    run = next((killed / "results/lm/runs").rglob("state")).parent
+    assert not (run / "summary.json").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-000004"
+    second = _snakemake(killed, "--cores", "1", "--configfile", cfg, "--rerun-incomplete")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["resumed_from"] == 4
+
+    clean = _workspace(tmp_path / "clean")
+    assert _snakemake(clean, "--cores", "1", "--configfile", _one_run_config(clean)).returncode == 0
+    a = pd.read_csv(killed / "results/lm/runs.csv").drop(columns=["run_dir"])
+    b = pd.read_csv(clean / "results/lm/runs.csv").drop(columns=["run_dir"])
+    pd.testing.assert_frame_equal(a, b)
