@@ -32,10 +32,15 @@ if not _resolved_path.exists() or _resolved_path.read_text() != _resolved_text:
     _resolved_path.write_text(_resolved_text)
 
 
+# Each rule file appends the final outputs of its branch to ALL_TARGETS.
+ALL_TARGETS = []
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
+include: "workflow/rules/laws.smk"
 
 
 rule all:
     input:
-        f"{RESULTS}/lm/runs.csv",
+        ALL_TARGETS,

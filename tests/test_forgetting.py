@@ -70,3 +70,16 @@ def test_step0_forgetting_equals_base_entropy_and_grows_after(trained_run, tiny_
         assert r["loss_forget"] == pytest.approx(r["base_entropy"] + r["kl_forget"], rel=1e-6)
     assert rows[-1]["kl_forget"] > 1e-6  # the adapter moved the model away from the base
     assert rows[-1]["loss_ft"] < step0["loss_ft"]  # and fine-tuning lowered the held-out loss
+
+
+def test_logit_form_matches_the_reference_definition():
+    from repro.lm.forgetting import base_distribution, cross_entropy_to
+
+    g = torch.Generator().manual_seed(0)
+    zb, zf = torch.randn(3, 7, 50, generator=g) * 3, torch.randn(3, 7, 50, generator=g) * 3
+    ref = soft_cross_entropy(torch.log_softmax(zb, -1), torch.log_softmax(zf, -1))
+    probs, entropy = base_distribution(zb)
+    assert float(cross_entropy_to(probs, zf).double().sum()) == pytest.approx(ref["ce"], rel=1e-5)
+    assert float(entropy.double().sum()) == pytest.approx(ref["entropy"], rel=1e-5)
+    # Identical logits give exactly zero KL, not merely a small number.
+    assert torch.equal(cross_entropy_to(probs, zb), entropy)

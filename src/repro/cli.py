@@ -7,11 +7,15 @@ debugged by hand, on a laptop or on a cluster node, with exactly what the rule w
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+
+BRANCHES = ("laws", "report", "teb", "compression")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -83,7 +87,7 @@ def cmd_evaluate(args) -> int:
 def cmd_aggregate(args) -> int:
     from .lm.aggregate import aggregate
 
-    table = aggregate(args.summaries, args.out)
+    table = aggregate(args.summaries, args.out, steps_csv=args.steps_out)
     print(f"{args.out}: {len(table)} rows from {table.groupby(['dataset', 'method', 'rank', 'lr', 'seed']).ngroups} runs")
     return 0
 
@@ -136,8 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("aggregate", help="tidy table of every run x checkpoint")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--steps-out", type=Path, help="also write the per-step training logs as one table")
     p.add_argument("summaries", nargs="+", type=Path, help="summary.json of each run")
     p.set_defaults(func=cmd_aggregate)
+
+    # Each study branch registers its own command group from repro.<branch>.cli (register(sub)).
+    for branch in BRANCHES:
+        module = f"repro.{branch}.cli"
+        if importlib.util.find_spec(f"repro.{branch}") and importlib.util.find_spec(module):
+            importlib.import_module(module).register(sub)
     return parser
 
 

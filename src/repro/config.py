@@ -25,11 +25,25 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: Path | None = None) -> dict:
+    """The main schema plus one fragment per study branch.
+
+    A file ``<section>.schema.yaml`` beside the main schema describes the top-level key ``<section>``
+    (e.g. ``compression.schema.yaml`` -> ``compression:``), so each branch owns its part of the schema.
+    """
     path = Path(path or SCHEMA_PATH)
     if not path.exists():
         raise ConfigError(f"config schema not found: {path}")
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    for fragment in sorted(path.parent.glob("*.schema.yaml")):
+        if fragment.resolve() == path.resolve():
+            continue
+        section = fragment.name.removesuffix(".schema.yaml")
+        if section in schema["properties"]:
+            raise ConfigError(f"{fragment}: section {section!r} is already defined in {path}")
+        with open(fragment) as fh:
+            schema["properties"][section] = yaml.safe_load(fh)
+    return schema
 
 
 def _key_path(parts: Iterable[Any]) -> str:

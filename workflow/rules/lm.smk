@@ -1,5 +1,7 @@
 # Language-model study: download -> data -> fine-tune -> evaluate -> aggregate.
 
+ALL_TARGETS.append(f"{RESULTS}/lm/runs.csv")
+
 
 rule download_model:
     output:
@@ -75,8 +77,9 @@ rule aggregate:
         summaries=[f"{r}/summary.json" for r in all_runs()],
         evals=[f"{r}/eval.csv" for r in all_runs()],
     output:
-        f"{RESULTS}/lm/runs.csv",
+        runs=f"{RESULTS}/lm/runs.csv",
+        steps=f"{RESULTS}/lm/steps.csv",
     log:
         "logs/aggregate.log",
     shell:
-        "repro aggregate --out {output} {input.summaries} > {log} 2>&1"
+        "repro aggregate --out {output.runs} --steps-out {output.steps} {input.summaries} > {log} 2>&1"

@@ -41,9 +41,34 @@ def run_table(summary_path: Path) -> pd.DataFrame:
     return ev
 
 
-def aggregate(summaries: list[Path], out_csv: Path) -> pd.DataFrame:
+def step_table(summary_path: Path) -> pd.DataFrame:
+    """The per-step training log of one run with its run coordinates (probe row excluded)."""
+    summary_path = Path(summary_path)
+    summary = json.loads(summary_path.read_text())
+    log = pd.read_csv(summary_path.parent / "train_log.csv")
+    log = log[log["updated"] == 1].copy()
+    for key in RUN_KEYS:
+        log[key] = summary[key]
+    log["trainable_params"] = summary["trainable_params"]
+    first = ["model", "dataset", "method", "rank", "lr", "seed", "step"]
+    return log[first + [c for c in log.columns if c not in first]]
+
+
+def _write_csv(table: pd.DataFrame, out_csv: Path) -> None:
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_csv.with_suffix(".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out_csv)
+
+
+def aggregate(summaries: list[Path], out_csv: Path, steps_csv: Path | None = None) -> pd.DataFrame:
+    """Write runs.csv (one row per run x checkpoint) and optionally steps.csv (one row per step)."""
     if not summaries:
         raise ValueError("aggregate: no run summaries given")
+    if steps_csv is not None:
+        steps = pd.concat([step_table(Path(s)) for s in summaries], ignore_index=True)
+        _write_csv(steps.sort_values(["model", "dataset", "method", "rank", "lr", "seed", "step"]), steps_csv)
     table = pd.concat([run_table(Path(s)) for s in summaries], ignore_index=True)
     first = REQUIRED_COLUMNS + [c for c in ("train_loss", "grad_norm_global", "scaling", "alpha") if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
@@ -51,9 +76,5 @@ def aggregate(summaries: list[Path], out_csv: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in table]
     if missing:
         raise ValueError(f"aggregate: columns missing from the tidy table: {missing}")
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
+    _write_csv(table, out_csv)
     return table

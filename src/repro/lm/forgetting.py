@@ -15,6 +15,8 @@ import csv
 import json
 from pathlib import Path
 
+import torch
+
 from .tokens import collate, encode_rows
 
 
@@ -22,10 +24,9 @@ def soft_cross_entropy(base_logprobs, ft_logprobs, mask=None) -> dict[str, float
     """Sums (not means) of cross-entropy, base entropy and KL over the positions selected by mask.
 
     Inputs are log-probabilities of shape (..., V). Returned with the position count so that callers
-    can average over several batches exactly.
+    can average over several batches exactly. The reference definition; the evaluation loop computes
+    the same quantities from logits without materialising log-probabilities (tested against this).
     """
-    import torch
-
     p = base_logprobs.exp()
     ce = -(p * ft_logprobs).sum(-1)
     ent = -(p * base_logprobs).sum(-1)
@@ -40,11 +41,29 @@ def soft_cross_entropy(base_logprobs, ft_logprobs, mask=None) -> dict[str, float
     }
 
 
-def _log_softmax(model, ids, mask):
-    import torch
+def _logits(model, ids, mask):
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
 
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    return torch.log_softmax(logits.float(), dim=-1)
+
+def base_distribution(logits):
+    """Base-model probabilities and per-position entropy from its logits.
+
+    H = lse(z) - sum_v p_v z_v, the same expression as the cross-entropy below: with identical logits
+    (an untrained adapter) the two agree bit for bit, so KL is exactly 0 at step 0.
+    """
+    lse = torch.logsumexp(logits, dim=-1)
+    probs = torch.exp(logits - lse.unsqueeze(-1))
+    return probs, lse - _dot(probs, logits)
+
+
+def cross_entropy_to(probs, logits):
+    """-sum_v p_v log q_v for q = softmax(logits), as lse(z) - sum_v p_v z_v (no log-softmax tensor)."""
+    return torch.logsumexp(logits, dim=-1) - _dot(probs, logits)
+
+
+def _dot(a, b):
+    # A batched dot product over the vocabulary: one pass over both tensors, no temporary.
+    return torch.einsum("...v,...v->...", a, b)
 
 
 class ForgettingCorpus:
@@ -67,8 +86,6 @@ class ForgettingCorpus:
         return sum(len(e.input_ids) for e in self.examples)
 
     def prepare(self, model, max_cache_gb: float, vocab_size: int) -> None:
-        import torch
-
         need_gb = self.n_positions() * vocab_size * 4 / 1e9
         if need_gb > max_cache_gb:
             self.cache = None
@@ -77,49 +94,47 @@ class ForgettingCorpus:
         cache = []
         with torch.inference_mode(), model.disable_adapter():
             for ids, mask in self.batches(device):
-                cache.append(_log_softmax(model, ids, mask))
+                cache.append(base_distribution(_logits(model, ids, mask)))
         self.cache = cache
 
     def evaluate(self, model) -> dict[str, float]:
-        import torch
-
         device = next(model.parameters()).device
-        totals = {"ce": 0.0, "entropy": 0.0, "kl": 0.0, "n": 0}
+        ce_sum = ent_sum = kl_sum = 0.0
+        n = 0
         with torch.inference_mode():
             for b, (ids, mask) in enumerate(self.batches(device)):
                 if self.cache is not None:
-                    base = self.cache[b]
+                    probs, entropy = self.cache[b]
                 else:
                     with model.disable_adapter():
-                        base = _log_softmax(model, ids, mask)
-                ft = _log_softmax(model, ids, mask)
-                part = soft_cross_entropy(base, ft, mask.bool())
-                for k in totals:
-                    totals[k] += part[k]
-        n = totals["n"]
+                        probs, entropy = base_distribution(_logits(model, ids, mask))
+                ce = cross_entropy_to(probs, _logits(model, ids, mask))
+                keep = mask.bool()
+                ce, entropy = ce[keep].double(), entropy[keep].double()
+                ce_sum += float(ce.sum())
+                ent_sum += float(entropy.sum())
+                kl_sum += float((ce - entropy).sum())
+                n += int(keep.sum())
         return {
-            "loss_forget": totals["ce"] / n,
-            "base_entropy": totals["entropy"] / n,
-            "kl_forget": totals["kl"] / n,
+            "loss_forget": ce_sum / n,
+            "base_entropy": ent_sum / n,
+            "kl_forget": kl_sum / n,
             "forget_positions": n,
         }
 
 
 def heldout_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, int]:
     """Token-weighted mean next-token cross-entropy over supervised tokens of held-out examples."""
-    import torch
-    import torch.nn.functional as F
+    from .finetune import causal_lm_loss
 
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.inference_mode():
         for lo in range(0, len(examples), batch_size):
             ids, mask, labels = (t.to(device) for t in collate(examples[lo : lo + batch_size], pad_id))
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-            targets = labels[:, 1:]
-            keep = targets != -100
-            total += float(F.cross_entropy(logits[keep], targets[keep], reduction="sum"))
-            count += int(keep.sum())
+            loss, n = causal_lm_loss(model, ids, mask, labels, fast=True)
+            total += float(loss) * n
+            count += n
     return total / count, count
 
 
@@ -161,6 +176,8 @@ def evaluate_run(
     for corpus in corpora:
         corpus.prepare(model, max_cache_gb, vocab)
     heldout = encode_rows(heldout_rows, tokenizer, summary["max_length"], what="held-out data")
+    # The mean is order-free; batching similar lengths together only removes padding work.
+    heldout.sort(key=lambda e: len(e.input_ids))
 
     rows = []
     dev = next(model.parameters()).device
