@@ -1,0 +1,68 @@
+"""`repro laws ...`: fits of the forgetting laws and the rsLoRA rank-stability check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import load_config
+
+
+def cmd_fit(args) -> int:
+    import pandas as pd
+
+    from .fits import run_fits
+    from .gradnorm import gradient_norm_by_rank, gradient_norm_spread
+
+    cfg = load_config(args.configfile)["laws"]
+    table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
+                     cfg["bootstrap_resamples"], cfg["seed"])
+    by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
+    by_rank.to_csv(Path(args.out) / "gradnorm_by_rank.csv", index=False)
+    spread = gradient_norm_spread(by_rank)
+    spread.to_csv(Path(args.out) / "gradnorm_spread.csv", index=False)
+    fits = table.drop_duplicates(["model", "dataset", "method", "target", "family"])
+    for _, f in fits.iterrows():
+        print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={f['r2']}"
+              + (" (chosen)" if f["chosen"] is True else ""))
+    for _, s in spread.iterrows():
+        print(f"{s['method']:7s} grad-norm max/min across ranks: {s['ratio_max_min']:.3g}")
+    return 0
+
+
+def cmd_rank_stability(args) -> int:
+    from .rank_stability import fitted_slopes, simulate
+
+    cfg = load_config(args.configfile)["laws"]["rank_stability"]
+    frames = []
+    for optimizer in cfg["optimizers"]:
+        df = simulate(ranks=cfg["ranks"], d_in=cfg["d_in"], d_out=cfg["d_out"], alpha=cfg["alpha"],
+                      steps=tuple(cfg["steps"]), lr=cfg["lr"], n_init_seeds=cfg["seeds"], optimizer=optimizer)
+        frames.append(df.assign(optimizer=optimizer))
+    import pandas as pd
+
+    moments = pd.concat(frames, ignore_index=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    moments.to_csv(out, index=False)
+    slopes = pd.concat(
+        [fitted_slopes(g).assign(optimizer=o) for o, g in moments.groupby("optimizer")], ignore_index=True
+    )
+    slopes.to_csv(args.slopes_out, index=False)
+    print(slopes.to_string(index=False))
+    return 0
+
+
+def register(sub) -> None:
+    laws = sub.add_parser("laws", help="fits of the forgetting laws, rsLoRA checks").add_subparsers(
+        dest="action", required=True)
+    p = laws.add_parser("fit", help="linear and power-law fits, early stopping, gradient-norm spread")
+    p.add_argument("--configfile", required=True, type=Path)
+    p.add_argument("--runs", required=True, type=Path, help="results/lm/runs.csv")
+    p.add_argument("--steps", required=True, type=Path, help="results/lm/steps.csv")
+    p.add_argument("--out", required=True, type=Path, help="output directory (results/laws)")
+    p.set_defaults(func=cmd_fit)
+    p = laws.add_parser("rank-stability", help="adapter moments vs rank for alpha/r, alpha/sqrt(r), alpha")
+    p.add_argument("--configfile", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="CSV of moments per rank, scaling and step")
+    p.add_argument("--slopes-out", required=True, type=Path, help="CSV of log-log slopes")
+    p.set_defaults(func=cmd_rank_stability)
