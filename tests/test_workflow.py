@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +28,20 @@ def _workspace(tmp_path: Path) -> Path:
     for folder in ("workflow", "presets"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     return tmp_path
+
+
+def _check_latex_fragment(text: str) -> None:
+    """Compile with pdflatex when a TeX engine is present; otherwise check the structure parses."""
+    assert text.count("{") == text.count("}") and "\\toprule" in text and "\\bottomrule" in text
+    for env in ("table", "tabular"):
+        assert text.count(f"\\begin{{{env}}}") == text.count(f"\\end{{{env}}}") == 1
+    if shutil.which("pdflatex"):
+        with tempfile.TemporaryDirectory() as d:
+            doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}" + text + "\\end{document}"
+            Path(d, "t.tex").write_text(doc)
+            proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=d,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 def _snakemake(cwd: Path, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
@@ -55,6 +70,21 @@ def test_test_preset_runs_the_whole_dag(tmp_path):
     # rsLoRA at rank 4 scales by alpha/2, LoRA by alpha/4.
     r4 = runs[(runs["rank"] == 4) & (runs["step"] == 0)].set_index("method")["scaling"]
     assert r4["rslora"] == pytest.approx(2 * r4["lora"])
+
+    # Figures, tables and numbers of the forgetting and rsLoRA studies come out of the same run.
+    figures = sorted((ws / "results/figures").glob("*.pdf"))
+    names = {p.name.split("_tiny")[0].removesuffix(".pdf") for p in figures}
+    assert {"forgetting_vs_finetune", "losses_vs_steps", "rslora_learning_curves", "rslora_grad_norms",
+            "rank_stability_sgd", "rank_stability_adam"} <= names
+    for pdf in figures:
+        assert pdf.read_bytes().count(b"/Type /Page") >= 1 and pdf.with_suffix(".png").stat().st_size > 1000
+    tables = sorted((ws / "results/tables").glob("*.tex"))
+    assert {t.stem for t in tables} == {"linear_law", "power_laws", "gradient_norms", "early_stopping"}
+    for table in tables:
+        _check_latex_fragment(table.read_text())
+    numbers = (ws / "results/numbers.tex").read_text()
+    assert "\\newcommand{\\LinLoraSlope}" in numbers or "\\newcommand{\\LinLoraStatus}" in numbers
+    assert "\\newcommand{\\GradNormRatioRslora}" in numbers
 
     # A second invocation has nothing to do: outputs are up to date.
     again = _snakemake(ws, "-n", "--configfile", "presets/test.yaml")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -335,6 +336,8 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
         raise ValueError(f"laws.families: unknown {unknown} (known: {sorted(FAMILIES)})")
     fits, matched = fit_all(runs, families, targets, holdout_last, resamples, seed)
     out_dir = Path(out_dir)
+    # Stale JSONs (e.g. of a family no longer configured) would be read by the figures and tables.
+    shutil.rmtree(out_dir / "fits", ignore_errors=True)
     (out_dir / "fits").mkdir(parents=True, exist_ok=True)
     for f in fits:
         name = "_".join(str(f[k]) for k in (*GROUP, "target", "family"))

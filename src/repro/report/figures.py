@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -109,7 +110,9 @@ def losses_vs_steps(runs: pd.DataFrame, fits: list[dict], out_dir: Path) -> list
                             N = np.geomspace(r["step"].min(), r["step"].max(), 100)
                             ax.plot(N, _power_curve(chosen, float(r["trainable_params"].iloc[0]), N),
                                     color=colours[int(rank)], lw=1)
-                    ax.set_xscale("log")
+                    ax.set_xscale("log", base=2)
+                    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
                     if row == 1:
                         ax.set_xlabel("optimizer steps N")
                     if col == 0:

@@ -17,7 +17,7 @@ def macro_name(*parts: str) -> str:
     words = []
     for part in parts:
         part = re.sub(r"\d", lambda m: " " + _DIGITS[int(m.group())] + " ", str(part))
-        words += [w.capitalize() for w in re.split(r"[^A-Za-z]+", part) if w]
+        words += [w[0].upper() + w[1:] for w in re.split(r"[^A-Za-z]+", part) if w]
     return "".join(words)
 
 
@@ -96,6 +96,7 @@ def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stabilit
         m.add(macro_name("GradNormRatio", *qualifiers, row["method"]), row["ratio_max_min"])
 
     if stability is not None and len(stability):
+        stability = stability[stability["step"] == stability["step"].max()]
         for _, row in stability.iterrows():
             name = macro_name("RankStab", row["scaling"], row.get("measure", ""), row.get("optimizer", ""), "Slope")
             if name not in m.items:
