@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--compile", action="store_true",
+                        help="compare the plain loop with repro's step on torch.compile'd decoder layers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -106,6 +108,22 @@ def main() -> None:
         "repro: fast loss only": (False, lambda b: repro_step(model, opt, b, pad, args.device, fast=True)),
         "repro (both)": (True, lambda b: repro_step(model, opt, b, pad, args.device, fast=True)),
     }
+    if args.compile:
+        # Compiled layers change the model for every later call, so this variant runs alone.
+        from repro.lm.finetune import compile_decoder_layers
+
+        import copy
+
+        # The baseline keeps an uncompiled copy of the same model (and its own optimizer).
+        plain_model = copy.deepcopy(model)
+        plain_opt = torch.optim.AdamW([p for p in plain_model.parameters() if p.requires_grad], lr=1e-5)
+        t0 = time.perf_counter()
+        compile_decoder_layers(model)
+        variants = {"plain transformers+peft": (False, lambda b: plain_step(plain_model, plain_opt, b, pad, args.device)),
+                    "repro (both), compiled layers": (True, lambda b: repro_step(model, opt, b, pad, args.device, fast=True))}
+        for T in sorted({len(examples[i].input_ids) for i in range(8)})[:2]:
+            repro_step(model, opt, [e for e in examples if len(e.input_ids) == T][:args.batch_size], pad, args.device, True)
+        print(f"compile + two warm-up shapes: {time.perf_counter() - t0:.1f} s (not counted below)")
     # Warm-up (allocator, thread pools) outside the measurement.
     for grouped, step in variants.values():
         step([examples[i] for i in range(args.batch_size)])

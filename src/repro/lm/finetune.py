@@ -60,6 +60,7 @@ class RunSpec:
     fast_loss: bool = True
     group_by_length: bool = True
     threads: int = 2
+    compile: bool = False
     device: str = "cpu"
     dtype: str = "float32"
 
@@ -72,7 +73,7 @@ class RunSpec:
             max_steps=ft["max_steps"], batch_size=ft["batch_size"], max_length=ft["max_length"],
             weight_decay=ft["weight_decay"], adam_betas=tuple(ft["adam_betas"]), max_grad_norm=ft["max_grad_norm"],
             checkpoints=ft["checkpoints"], resume_every=ft["resume_every"], fast_loss=ft["fast_loss"],
-            group_by_length=ft["group_by_length"], threads=ft["threads"], device=config["device"],
+            group_by_length=ft["group_by_length"], threads=ft["threads"], compile=ft["compile"], device=config["device"],
             dtype=config["dtype"],
         )
 
@@ -154,6 +155,16 @@ def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: in
         batches += epoch_batches
         epoch += 1
     return batches[:n_batches]
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer (regional compilation): the layers share one compiled graph,
+    so compiling costs about one layer's worth of tracing, not the whole model's."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.get_decoder().layers
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def causal_lm_loss(model, input_ids, attention_mask, labels, fast: bool):
@@ -269,6 +280,8 @@ def train_run(
     base, tokenizer = load_model(model_dir, dtype=spec.dtype, device=device)
     model = build_adapter_model(base, spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules)
     model.train()
+    if spec.compile:
+        compile_decoder_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.adam_betas, weight_decay=spec.weight_decay)
 
