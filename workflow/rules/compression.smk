@@ -1,0 +1,126 @@
+# Sample compression schemes: enumerate{n,d} -> schemes{n,d,kind} -> verify{file} -> tables;
+# named{class} and compactness also feed verify and tables. Every rule only names files and runs
+# `repro compression ...` (src/repro/compression/cli.py).
+
+COMP = config["compression"]
+COMP_DIR = f"{RESULTS}/compression"
+COMP_KINDS = ["labeled", "unlabeled"]
+
+
+def compression_shapes(n_max):
+    return [(n, d) for n in range(1, n_max + 1) for d in range(0, n + 1)]
+
+
+COMP_ENUM = compression_shapes(COMP["enumerate"]["n_max"])
+COMP_SCHEMES = compression_shapes(min(COMP["schemes"]["n_max"], COMP["enumerate"]["n_max"]))
+COMP_SCHEME_STEMS = [f"schemes/n{n}_d{d}_{kind}" for n, d in COMP_SCHEMES for kind in COMP_KINDS]
+COMP_NAMED_STEMS = [f"named/{name}" for name in COMP["named"]["classes"]]
+COMP_RECORD_STEMS = COMP_SCHEME_STEMS + COMP_NAMED_STEMS + ["compactness/compactness"]
+COMP_TABLES = [
+    f"{COMP_DIR}/tables/{table}.{ext}"
+    for table in ("counts", "counts_matrix", "schemes", "named", "existence", "compactness", "timings")
+    for ext in ("csv", "tex")
+] + [f"{COMP_DIR}/tables/summary.json"]
+
+ALL_TARGETS.extend(COMP_TABLES)
+
+
+rule compression_enumerate:
+    output:
+        f"{COMP_DIR}/enumerate/n{{n}}_d{{d}}.json",
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["enumerate"]),
+    wildcard_constraints:
+        n=r"\d+",
+        d=r"\d+",
+    log:
+        "logs/compression/enumerate/n{n}_d{d}.log",
+    resources:
+        mem_mb=4000,
+    shell:
+        "repro compression enumerate --configfile {params.config} --n {wildcards.n} --d {wildcards.d}"
+        " --out {output} > {log} 2>&1"
+
+
+rule compression_schemes:
+    input:
+        f"{COMP_DIR}/enumerate/n{{n}}_d{{d}}.json",
+    output:
+        records=f"{COMP_DIR}/schemes/n{{n}}_d{{d}}_{{kind}}.jsonl.gz",
+        summary=f"{COMP_DIR}/schemes/n{{n}}_d{{d}}_{{kind}}.json",
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["schemes"], COMP["sat"]),
+    wildcard_constraints:
+        n=r"\d+",
+        d=r"\d+",
+        kind=r"labeled|unlabeled",
+    log:
+        "logs/compression/schemes/n{n}_d{d}_{kind}.log",
+    shell:
+        "repro compression schemes --configfile {params.config} --enumeration {input} --kind {wildcards.kind}"
+        " --out {output.records} --summary {output.summary} > {log} 2>&1"
+
+
+rule compression_named:
+    output:
+        report=f"{COMP_DIR}/named/{{name}}.json",
+        records=f"{COMP_DIR}/named/{{name}}.jsonl.gz",
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["named"], COMP["sat"]),
+    wildcard_constraints:
+        name=r"warmuth|kw-maximal|kw-table1|kw-table2|kw-maximum|cube[1-6]",
+    log:
+        "logs/compression/named/{name}.log",
+    shell:
+        "repro compression named --configfile {params.config} --name {wildcards.name}"
+        " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
+
+
+rule compression_compactness:
+    output:
+        report=f"{COMP_DIR}/compactness/compactness.json",
+        records=f"{COMP_DIR}/compactness/compactness.jsonl.gz",
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["compactness"], COMP["sat"]),
+    log:
+        "logs/compression/compactness.log",
+    shell:
+        "repro compression compactness --configfile {params.config}"
+        " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
+
+
+# Every scheme any stage produced is verified exhaustively; a failure stops the DAG (exit code 1).
+rule compression_verify:
+    input:
+        f"{COMP_DIR}/{{stem}}.jsonl.gz",
+    output:
+        f"{COMP_DIR}/verify/{{stem}}.json",
+    wildcard_constraints:
+        stem=r"(schemes|named|compactness)/[A-Za-z0-9_.-]+",
+    log:
+        "logs/compression/verify/{stem}.log",
+    shell:
+        "repro compression verify --out {output} {input} > {log} 2>&1"
+
+
+rule compression_tables:
+    input:
+        enumerate=[f"{COMP_DIR}/enumerate/n{n}_d{d}.json" for n, d in COMP_ENUM],
+        schemes=[f"{COMP_DIR}/{stem}.json" for stem in COMP_SCHEME_STEMS],
+        verify=[f"{COMP_DIR}/verify/{stem}.json" for stem in COMP_RECORD_STEMS],
+        named=[f"{COMP_DIR}/{stem}.json" for stem in COMP_NAMED_STEMS],
+        compactness=f"{COMP_DIR}/compactness/compactness.json",
+    output:
+        COMP_TABLES,
+    params:
+        out_dir=f"{COMP_DIR}/tables",
+    log:
+        "logs/compression/tables.log",
+    shell:
+        "repro compression tables --out-dir {params.out_dir} --enumerate {input.enumerate}"
+        " --schemes {input.schemes} --verify {input.verify} --named {input.named}"
+        " --compactness {input.compactness} > {log} 2>&1"
