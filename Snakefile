@@ -24,7 +24,7 @@ MODEL = config["model"]["name"]
 
 # Every job reads the same validated config; it is rewritten only when its content changes, so
 # its timestamp never triggers reruns by itself.
-RESOLVED_CONFIG = f"{RESULTS}/config/resolved.yaml"
+RESOLVED_CONFIG = f"{RESULTS}/config/resolved.json"
 _resolved_text = json.dumps(config, indent=2, sort_keys=True)
 _resolved_path = Path(RESOLVED_CONFIG)
 if not _resolved_path.exists() or _resolved_path.read_text() != _resolved_text:
@@ -39,6 +39,7 @@ ALL_TARGETS = []
 include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
 include: "workflow/rules/laws.smk"
+include: "workflow/rules/compression.smk"
 
 
 rule all:

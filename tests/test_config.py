@@ -374,3 +374,15 @@ def test_format_lr(lr, expected):
 def test_format_lr_is_exact():
     assert format_lr(0.0010000001) != format_lr(0.001)
     assert float(format_lr(0.00012345678)) == 0.00012345678
+
+
+def test_resolved_json_config_keeps_exponent_floats(tmp_path):
+    # The Snakefile hands jobs a JSON dump of the validated config; 5e-05 must stay a number.
+    import json
+
+    cfg = load_config(ROOT / "presets" / "paper.yaml")
+    path = tmp_path / "resolved.json"
+    path.write_text(json.dumps(cfg))
+    again = load_config(path)
+    assert again["finetune"]["learning_rates"] == [5e-05]
+    assert again == cfg

@@ -169,6 +169,13 @@ def load_config(path: str | Path, schema_path: Path | None = None) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        # The Snakefile's resolved config. Not read as YAML: YAML 1.1 reads the JSON number 5e-05 as a string.
+        try:
+            raw = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+        return validate_config(raw, schema_path, source=str(path))
     try:
         with open(path) as fh:
             raw = yaml.safe_load(fh) or {}
