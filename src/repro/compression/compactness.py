@@ -69,7 +69,8 @@ class RestrictedScheme(Scheme):
         return self._down(h)
 
     def to_record(self) -> dict:
-        raise NotImplementedError("restricted schemes are checked in place, not stored")
+        # A restriction is a view of its parent scheme; it is verified in place and never written out.
+        raise TypeError("restricted schemes are checked in place, not stored")
 
 
 def subdomains(n: int) -> list[list[int]]:

@@ -24,6 +24,7 @@ Every object turns into a JSON record and back; ``verify.verify_scheme`` checks 
 
 from __future__ import annotations
 
+import abc
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -56,7 +57,9 @@ Key = Any  # unlabeled: int Y; labeled: (Y, labels)
 
 
 @dataclass
-class Scheme:
+class Scheme(abc.ABC):
+    """A compression scheme: each construction implements compress, reconstruct and to_record."""
+
     cls: ConceptClass
     kind: str  # "labeled" | "unlabeled"
     size: int
@@ -64,11 +67,11 @@ class Scheme:
     construction: str
     meta: dict = field(default_factory=dict)
 
-    def compress(self, S: int, lab: int) -> Key:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def compress(self, S: int, lab: int) -> Key: ...
 
-    def reconstruct(self, key: Key) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def reconstruct(self, key: Key) -> int: ...
 
     # --- records ---------------------------------------------------------------------------------------
     def _base_record(self) -> dict:
@@ -82,8 +85,8 @@ class Scheme:
             "meta": self.meta,
         }
 
-    def to_record(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def to_record(self) -> dict: ...
 
 
 def _class_of(rec: dict) -> ConceptClass:
