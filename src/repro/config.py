@@ -165,6 +165,18 @@ def validate_config(config: dict, schema_path: Path | None = None, source: str =
     return cfg
 
 
+def section_defaults(section: str, schema_path: Path | None = None) -> dict:
+    """The defaults of one top-level section, validated, as if the config had left it out."""
+    schema = load_schema(schema_path)["properties"].get(section)
+    if schema is None:
+        raise ConfigError(f"no config section {section!r} in the schema")
+    cfg: dict = {}
+    errors = [_describe(e) for e in _DefaultFillingValidator(schema).iter_errors(cfg)]
+    if errors:
+        raise ConfigError(f"defaults of section {section!r} are invalid: " + "; ".join(errors))
+    return cfg
+
+
 def load_config(path: str | Path, schema_path: Path | None = None) -> dict:
     path = Path(path)
     if not path.exists():

@@ -7,7 +7,6 @@ wall time.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import json
 import sys
@@ -15,9 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-import jsonschema
 import numpy as np
-import yaml
 
 from . import CompressionInputError
 from .classes import (
@@ -51,31 +48,14 @@ from .schemes import (
 )
 from .verify import verify_scheme
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "compression.schema.yaml"
-
-
 # --- configuration ------------------------------------------------------------------------------------
-def _fill_defaults(schema: dict, instance):
-    """Fill 'default' values of object properties recursively (as the pipeline's validator does)."""
-    if isinstance(instance, dict) and "properties" in schema:
-        for name, sub in schema["properties"].items():
-            if name not in instance and "default" in sub:
-                instance[name] = copy.deepcopy(sub["default"])
-            if name in instance:
-                _fill_defaults(sub, instance[name])
-    return instance
-
-
 def compression_config(configfile: str | Path | None = None) -> dict:
     """The validated ``compression:`` section of a pipeline config, or its defaults without one."""
-    if configfile is not None:
-        from ..config import load_config
+    from ..config import load_config, section_defaults
 
+    if configfile is not None:
         return load_config(configfile)["compression"]
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    cfg = _fill_defaults(schema, {})
-    jsonschema.Draft202012Validator(schema).validate(cfg)
-    return cfg
+    return section_defaults("compression")
 
 
 def shapes(n_max: int) -> list[tuple[int, int]]:
