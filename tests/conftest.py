@@ -41,3 +41,14 @@ def instruct_rows() -> dict[str, list[dict]]:
 
     spec = {"max_train": 48, "max_heldout": 6, "heldout_percent": 10, "max_answer_chars": 200}
     return build_stdlib_instruct(spec, seed=0)
+
+
+@pytest.fixture(scope="session")
+def test_preset_run(tmp_path_factory) -> Path:
+    """One run of the whole DAG on the test preset, shared by every end-to-end check (read-only)."""
+    from workflow_helpers import make_workspace, snakemake
+
+    ws = make_workspace(tmp_path_factory.mktemp("test-preset"))
+    proc = snakemake(ws, "--cores", "2", "--configfile", "presets/test.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return ws

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,17 +15,8 @@ import yaml
 
 from repro.lm.aggregate import REQUIRED_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _workspace(tmp_path: Path) -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    for item in ("Snakefile", "config.yaml"):
-        shutil.copy2(REPO / item, tmp_path / item)
-    for folder in ("workflow", "presets"):
-        shutil.copytree(REPO / folder, tmp_path / folder)
-    return tmp_path
+from workflow_helpers import make_workspace as _workspace
+from workflow_helpers import snakemake as _snakemake
 
 
 def _check_latex_fragment(text: str) -> None:
@@ -44,18 +33,9 @@ def _check_latex_fragment(text: str) -> None:
             assert proc.returncode == 0, proc.stdout[-2000:]
 
 
-def _snakemake(cwd: Path, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
-    return subprocess.run(
-        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.mark.slow
-def test_test_preset_runs_the_whole_dag(tmp_path):
-    ws = _workspace(tmp_path)
-    proc = _snakemake(ws, "--cores", "2", "--configfile", "presets/test.yaml")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_test_preset_runs_the_whole_dag(test_preset_run):
+    ws = test_preset_run
     runs = pd.read_csv(ws / "results/lm/runs.csv")
     assert set(REQUIRED_COLUMNS) <= set(runs.columns)
     # 2 methods x 2 ranks, each with checkpoints 0, 1, 2, 4, 8.

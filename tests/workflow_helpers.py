@@ -1,0 +1,34 @@
+"""Helpers for tests that run the real Snakemake DAG in a scratch copy of the workflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# What a workflow run needs from the repository besides the installed `repro` package.
+WORKFLOW_FILES = ("Snakefile", "config.yaml")
+WORKFLOW_DIRS = ("workflow", "presets", "profiles", "envs", "paper")
+
+
+def make_workspace(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for item in WORKFLOW_FILES:
+        shutil.copy2(REPO / item, path / item)
+    for folder in WORKFLOW_DIRS:
+        if (REPO / folder).is_dir():
+            shutil.copytree(REPO / folder, path / folder,
+                            ignore=shutil.ignore_patterns("*.pdf", "*.aux", "*.log", "*.fls", "*.fdb_latexmk"))
+    return path
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
