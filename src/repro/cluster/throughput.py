@@ -1,0 +1,144 @@
+"""Tokens per second of fine-tuning and evaluation, measured where possible, and the cost forecast.
+
+`throughput.csv` (beside this file) holds measurements written by `benchmarks/lm_throughput.py
+--record`: one row per (model, device, dtype, phase, rank). A preset whose (model, device) pair has
+no measurement falls back to a FLOP count at an assumed model-FLOP utilisation, and every figure the
+forecast prints says which of the two it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .resources import KNOWN_SHAPES, ModelShape, lm_work, model_shape
+
+TABLE = Path(__file__).with_name("throughput.csv")
+COLUMNS = ["model", "device", "dtype", "phase", "rank", "batch_size", "max_length", "threads",
+           "tokens_per_s", "measured", "command"]
+
+# Dense peak FLOP/s per device and dtype (vendor data sheets, no sparsity). CPU: the fp32 GEMM rate
+# measured on the 2-core development machine, per thread.
+PEAK_FLOPS = {
+    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 67e12,
+    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 67e12,
+    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 19.5e12,
+    ("L40S", "bfloat16"): 362e12, ("L40S", "float32"): 91.6e12,
+    ("cpu", "float32"): 90e9, ("cpu", "bfloat16"): 45e9,
+}
+ASSUMED_MFU = 0.35
+DEFAULT_GPU = "H100"
+
+
+def model_key(model_cfg: dict) -> str:
+    """Name under which measurements of a model are kept (architecture, not download route)."""
+    shape = model_shape(model_cfg)
+    for name, known in (("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                        ("llama-2-7b", "meta-llama/Llama-2-7b-chat-hf")):
+        if shape == KNOWN_SHAPES[known]:
+            return name
+    return model_cfg["name"]
+
+
+def device_key(cfg: dict, gpu: str | None = None) -> str:
+    return "cpu" if cfg["device"] == "cpu" else (gpu or DEFAULT_GPU)
+
+
+def forward_flops_per_token(shape: ModelShape, context: int) -> float:
+    # Weight GEMMs, the output layer, and causal attention over an average context of half the length.
+    return (2 * shape.non_embedding + 2 * shape.hidden_size * shape.vocab_size
+            + 2 * shape.num_hidden_layers * context * shape.hidden_size)
+
+
+def flops_per_token(shape: ModelShape, phase: str, context: int, adapter_params: int) -> float:
+    fwd = forward_flops_per_token(shape, context)
+    # Frozen weights need gradients of activations only (about one more forward), adapters need all three.
+    return 2 * fwd + 6 * adapter_params if phase == "train" else fwd
+
+
+@dataclass(frozen=True)
+class Rate:
+    tokens_per_s: float
+    source: str  # "measured <date>" or "estimate (...)"
+
+
+def read_table(path: Path = TABLE) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = set(COLUMNS) - set(rows[0]) if rows else set()
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    return rows
+
+
+def rate(cfg: dict, phase: str, rank: int, gpu: str | None = None, table: list[dict] | None = None) -> Rate:
+    """Tokens/s of `phase` (train or eval) for the config's model at `rank`."""
+    table = read_table() if table is None else table
+    model, device, dtype = model_key(cfg["model"]), device_key(cfg, gpu), cfg["dtype"]
+    threads = cfg["finetune"]["threads"]
+    rows = [r for r in table if (r["model"], r["device"], r["dtype"], r["phase"]) == (model, device, dtype, phase)
+            and (device != "cpu" or int(r["threads"]) == threads)]
+    if rows:
+        # Interpolate in log(rank): adapter cost grows with rank, the frozen model's does not.
+        pts = sorted((math.log(int(r["rank"])), float(r["tokens_per_s"]), r["measured"]) for r in rows)
+        x = math.log(max(rank, 1))
+        if x <= pts[0][0] or len(pts) == 1:
+            return Rate(pts[0][1], f"measured {pts[0][2]}")
+        if x >= pts[-1][0]:
+            return Rate(pts[-1][1], f"measured {pts[-1][2]}")
+        for (x0, y0, d0), (x1, y1, _) in zip(pts, pts[1:]):
+            if x0 <= x <= x1:
+                y = y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y0
+                return Rate(y, f"measured {d0} (interpolated in rank)")
+    shape = model_shape(cfg["model"])
+    peak_key = (device, dtype)
+    if peak_key not in PEAK_FLOPS:
+        raise KeyError(f"no throughput measurement and no peak FLOP/s for device {device!r} with dtype {dtype!r}")
+    peak = PEAK_FLOPS[peak_key] * (threads if device == "cpu" else 1)
+    adapter = shape.adapter_parameters(rank, cfg["finetune"]["target_modules"])
+    fpt = flops_per_token(shape, phase, cfg["finetune"]["max_length"] // 2, adapter)
+    return Rate(ASSUMED_MFU * peak / fpt, f"estimate (FLOPs at {ASSUMED_MFU:.0%} of {device} peak)")
+
+
+def load_seconds(cfg: dict) -> float:
+    # Reading and moving the weights at ~0.5 GB/s, plus start-up of Python and torch.
+    shape = model_shape(cfg["model"])
+    return 30.0 + shape.parameters * 4 / 0.5e9
+
+
+def lm_seconds(family: str, cfg: dict, rank: int, gpu: str | None = None, table: list[dict] | None = None) -> float:
+    """Wall seconds of one job of an LM rule family at `rank`."""
+    work = lm_work(cfg, rank)
+    if family == "finetune":
+        return load_seconds(cfg) + work["train_tokens"] / rate(cfg, "train", rank, gpu, table).tokens_per_s
+    if family in ("evaluate", "evaluate_tasks"):
+        return load_seconds(cfg) + work["eval_tokens"] / rate(cfg, "eval", rank, gpu, table).tokens_per_s
+    if family == "prepare_data":
+        # Sampling decodes one token per forward of the whole batch: an order slower than scoring.
+        return load_seconds(cfg) + 10 * work["sample_tokens"] / rate(cfg, "eval", 1, gpu, table).tokens_per_s
+    raise ValueError(f"lm_seconds: no cost model for {family!r}")
+
+
+def forecast(cfg: dict, gpu: str | None = None, table: list[dict] | None = None) -> list[dict]:
+    """Device-hours and job counts of the LM jobs of a config, one row per rule family and rank."""
+    ft = cfg["finetune"]
+    runs_per_rank = len(ft["datasets"]) * len(ft["methods"]) * len(ft["learning_rates"]) * len(ft["seeds"])
+    device = device_key(cfg, gpu)
+    rows = []
+    for family in ("finetune", "evaluate"):
+        for rank in ft["ranks"]:
+            phase = "train" if family == "finetune" else "eval"
+            r = rate(cfg, phase, rank, gpu, table)
+            seconds = lm_seconds(family, cfg, rank, gpu, table)
+            rows.append({"family": family, "rank": rank, "jobs": runs_per_rank, "device": device,
+                         "tokens_per_s": r.tokens_per_s, "hours_per_job": seconds / 3600,
+                         "device_hours": runs_per_rank * seconds / 3600, "throughput": r.source})
+    seconds = lm_seconds("prepare_data", cfg, 1, gpu, table)
+    r = rate(cfg, "eval", 1, gpu, table)
+    rows.append({"family": "prepare_data", "rank": None, "jobs": 1, "device": device, "tokens_per_s": r.tokens_per_s,
+                 "hours_per_job": seconds / 3600, "device_hours": seconds / 3600, "throughput": r.source})
+    return rows
