@@ -1,0 +1,153 @@
+"""Training of the TEB models: the target-only model first, then every source model.
+
+Each run keeps the parameters of its best validation epoch (the variant's own objective), saves them
+with what is needed to rebuild the network, and logs one row per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .models import STOCHASTIC, TEBNet
+from .tasks import as_float
+
+
+def load_data(path: Path) -> dict:
+    return torch.load(Path(path), weights_only=True)
+
+
+def batch(split: dict, idx, device) -> tuple[torch.Tensor, ...]:
+    return tuple(as_float(split[k][idx]).to(device) for k in ("y", "x", "target"))
+
+
+def n_classes(data: dict) -> int:
+    x = data["train"]["x"]
+    return int(x.max()) + 1 if x.dtype == torch.long else 10
+
+
+def setup_torch(threads: int, seed: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+def build(variant: str, data: dict, mcfg: dict, target: TEBNet | None = None) -> TEBNet:
+    tr = data["train"]
+    ex = [as_float(tr[k][:2]) for k in ("y", "x", "target")]
+    if variant == "teb":
+        if target is None:
+            raise ValueError("TEB from context needs the trained target-only model")
+        return TEBNet.from_target(target, "teb", *ex, mcfg, n_classes(data))
+    return TEBNet(variant, *ex, mcfg, n_classes(data))
+
+
+@torch.no_grad()
+def evaluate_objective(net: TEBNet, split: dict, beta, batch_size: int, device) -> dict:
+    net.eval()
+    n = len(split["target"])
+    tot = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+    for start in range(0, n, batch_size):
+        idx = slice(start, start + batch_size)
+        loss, parts = net.loss(*batch(split, idx, device), beta)
+        m = min(batch_size, n - start)
+        tot["loss"] += loss.item() * m
+        tot["nll"] += parts["nll"] * m
+        tot["kl"] += (parts["kl"] if math.isfinite(parts["kl"]) else 0.0) * m
+    return {k: v / n for k, v in tot.items()}
+
+
+def fit(net: TEBNet, data: dict, tcfg: dict, epochs: int, beta, seed: int, device="cpu", desc: str = "") -> tuple[TEBNet, pd.DataFrame]:
+    net.to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    train = data["train"]
+    n = len(train["target"])
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, rows = math.inf, copy.deepcopy(net.state_dict()), []
+    start = time.time()
+    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not tcfg["progress"], mininterval=2):
+        net.train()
+        perm = torch.randperm(n, generator=gen)
+        run = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+        for s in range(0, n, tcfg["batch_size"]):
+            idx = perm[s:s + tcfg["batch_size"]]
+            loss, parts = net.loss(*batch(train, idx, device), beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run["loss"] += loss.item() * len(idx)
+            run["nll"] += parts["nll"] * len(idx)
+            run["kl"] += (parts["kl"] if math.isfinite(parts["kl"]) else 0.0) * len(idx)
+        val = evaluate_objective(net, data["val"], beta, max(tcfg["batch_size"], 1024), device)
+        rows.append({"epoch": epoch, **{f"train_{k}": v / n for k, v in run.items()},
+                     **{f"val_{k}": v for k, v in val.items()}, "seconds": time.time() - start})
+        if not math.isfinite(val["loss"]):
+            raise FloatingPointError(f"{desc}: validation loss is {val['loss']} at epoch {epoch}")
+        if val["loss"] < best:
+            best, best_state = val["loss"], copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+    return net, pd.DataFrame(rows)
+
+
+def save_model(net: TEBNet, out: Path, meta: dict, log: pd.DataFrame) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "meta": meta}, out / "model.pt")
+    log.to_csv(out / "log.csv", index=False)
+    best = log.loc[log["val_loss"].idxmin()]
+    summary = {**meta, "best_epoch": int(best["epoch"]), "best_val_loss": float(best["val_loss"]),
+               "best_val_nll": float(best["val_nll"]), "best_val_kl": float(best["val_kl"]) if meta["variant"] in STOCHASTIC else None,
+               "seconds": float(log["seconds"].iloc[-1]),
+               "trainable_params": int(sum(p.numel() for p in net.parameters() if p.requires_grad))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_model(path: Path, data: dict, mcfg: dict | None = None, target: TEBNet | None = None) -> TEBNet:
+    blob = torch.load(Path(path) / "model.pt", weights_only=False)
+    meta = blob["meta"]
+    mcfg = meta["model"] if mcfg is None else mcfg
+    if meta["variant"] == "teb":
+        # The architecture only; every parameter is overwritten from the checkpoint below.
+        target = target or TEBNet("target", *(as_float(data["train"][k][:2]) for k in ("y", "x", "target")), mcfg, n_classes(data))
+    net = build(meta["variant"], data, mcfg, target)
+    net.load_state_dict(blob["state_dict"])
+    net.eval()
+    return net
+
+
+def task_epochs(teb: dict, spec: dict, which: str) -> int:
+    return spec.get(which) or teb["train"][which]
+
+
+def train_run(teb: dict, spec: dict, data: dict, variant: str, beta, seed: int, out: Path,
+              target_dir: Path | None = None) -> dict:
+    """Train one model and save it under ``out``."""
+    device = teb["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("teb.device is 'cuda' but torch sees no CUDA device")
+    setup_torch(teb["threads"], seed)
+    mcfg = teb["model"]
+    target = None
+    if variant == "teb":
+        if target_dir is None:
+            raise ValueError("--target is required for variant teb")
+        target = load_model(target_dir, data)
+    if variant in STOCHASTIC and beta is None:
+        raise ValueError(f"variant {variant} needs --beta")
+    net = build(variant, data, mcfg, target)
+    epochs = task_epochs(teb, spec, "target_epochs" if variant == "target" else "epochs")
+    desc = f"{spec.get('name', spec['kind'])} {variant}" + (f" beta={beta:g}" if beta is not None else "")
+    tcfg = {**teb["train"], "batch_size": spec.get("batch_size") or teb["train"]["batch_size"]}
+    net, log = fit(net, data, tcfg, epochs, beta, seed, device, desc)
+    meta = {"variant": variant, "beta": beta, "seed": seed, "task": spec.get("name", spec["kind"]), "epochs": epochs,
+            "model": mcfg, "device": device}
+    return save_model(net.cpu(), out, meta, log)
