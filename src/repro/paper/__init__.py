@@ -1,0 +1,1 @@
+"""The generated paper: macros of the setup as run, and the latexmk build (`repro paper ...`)."""

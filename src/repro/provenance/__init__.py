@@ -1,0 +1,1 @@
+"""Provenance manifests of every ``repro`` command, their collection, and results bundles."""

@@ -1,0 +1,327 @@
+"""Results bundles: ``repro bundle pack`` / ``repro bundle unpack FILE``.
+
+A bundle carries what the paper is built from, so a laptop rebuilds it from a cluster's run without
+training anything:
+
+- ``results/**`` except model weights and training state (``*.safetensors``, ``*.pt``, ``*.pth``,
+  ``*.bin``, ``*.ckpt``, ``*.gguf``, ``*.npy``, ``*.npz``, ``*.pkl``, ``*.onnx``, any ``state/`` folder),
+  the prepared data files (``results/data/<model>/*``: regenerable and large at paper scale; their
+  ``manifest.json`` with a SHA-256 per file is kept), the LaTeX build folder and earlier bundles;
+- ``logs/**`` (the jobs' logs);
+- from ``resources/`` only each model's ``manifest.json`` and provenance manifests (never weights);
+- ``.bundle/index.json`` (every file with SHA-256, size and mtime; what was left out and why),
+  ``.bundle/SHA256SUMS`` (``sha256sum -c`` format) and ``.bundle/snakemake-metadata.json`` (Snakemake's
+  metadata records of the bundled outputs).
+
+Snakemake decides that an output is up to date from (i) its existence, (ii) modification times
+(an input newer than the output reruns the job) and (iii) its metadata record (params, code, input set,
+software stack), where a missing record is reported but never reruns a job. A job whose outputs exist
+and are up to date is not rerun because an *upstream* file is absent (the model weights): only a job
+that has to run pulls missing upstream outputs in. So the bundle keeps every declared output that the
+paper depends on, sub-second modification times (PAX headers, restored by tarfile), and the metadata
+records, which unpack writes back into ``.snakemake/metadata`` (so a changed parameter is still
+noticed, exactly as on the machine that ran the jobs) after clearing stale ``incomplete`` markers.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path, PurePosixPath
+
+from ..config import config_hash
+from .manifest import MANIFEST_DIR, git_state, package_versions, utc_now
+
+INDEX = ".bundle/index.json"
+SUMS = ".bundle/SHA256SUMS"
+METADATA = ".bundle/snakemake-metadata.json"
+WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".npy", ".npz", ".pkl", ".onnx"}
+ROOTS = ("results", "logs", "resources")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class BundleError(RuntimeError):
+    pass
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
+
+
+def selection_reason(rel: PurePosixPath) -> str | None:
+    """None when ``rel`` (relative to the workflow root) goes into the bundle, else why not."""
+    parts = rel.parts
+    if not parts or parts[0] not in ROOTS:
+        return "outside results/, logs/, resources/"
+    if parts[0] == "resources":
+        ok = len(parts) >= 4 and parts[1] == "models" and (
+            (len(parts) == 4 and parts[3] == "manifest.json") or (len(parts) == 5 and parts[3] == MANIFEST_DIR))
+        return None if ok else "resources: only model manifests travel"
+    if rel.suffix in WEIGHT_SUFFIXES:
+        return "model weights or tensors"
+    if "state" in parts[:-1]:
+        return "resumable training state"
+    if parts[0] == "results":
+        name = parts[-1]
+        if len(parts) == 2 and name.startswith("bundle-") and ".tar" in name:
+            return "a bundle"
+        if parts[1:3] == ("paper", "build"):
+            return "LaTeX build folder"
+        if parts[1] == "data" and len(parts) >= 4 and not (
+                (len(parts) == 4 and name == "manifest.json") or parts[3] == MANIFEST_DIR):
+            return "prepared data (regenerable; hashed in its manifest.json)"
+    return None
+
+
+def select_files(root: Path, max_file_mb: float) -> tuple[list[str], list[dict]]:
+    chosen, omitted = [], []
+    for top in ROOTS:
+        base = root / top
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                path = Path(dirpath) / fn
+                if path.is_symlink() or not path.is_file():
+                    continue
+                rel = PurePosixPath(path.relative_to(root).as_posix())
+                reason = selection_reason(rel)
+                if reason is None and path.stat().st_size > max_file_mb * 2**20:
+                    reason = f"larger than {max_file_mb:g} MB"
+                if reason is None:
+                    chosen.append(str(rel))
+                elif reason not in ("outside results/, logs/, resources/",):
+                    omitted.append({"path": str(rel), "reason": reason})
+    return chosen, omitted
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Snakemake's file persistence stores one JSON record per output under .snakemake/metadata, named by
+# the urlsafe base64 of the output path, split into '@'-prefixed folders when longer than a file name.
+def _decode_record_name(rel_parts: tuple[str, ...]) -> str | None:
+    b64 = "".join(p[1:] if p.startswith("@") else p for p in rel_parts)
+    try:
+        return base64.urlsafe_b64decode(b64.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _record_path(subject: Path, key: str) -> Path:
+    try:
+        max_len = os.pathconf(subject, "PC_NAME_MAX") or 255
+    except (OSError, ValueError):
+        max_len = 255
+    b64 = base64.urlsafe_b64encode(key.encode()).decode()
+    chunks = [b64[i: i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    return subject.joinpath(*(["@" + c for c in chunks[:-1]] + [chunks[-1]]))
+
+
+def read_metadata(root: Path, keys: set[str]) -> dict[str, dict]:
+    meta_dir = root / ".snakemake" / "metadata"
+    records = {}
+    if not meta_dir.is_dir():
+        return records
+    for dirpath, _, filenames in os.walk(meta_dir):
+        for fn in filenames:
+            path = Path(dirpath) / fn
+            key = _decode_record_name(path.relative_to(meta_dir).parts)
+            if key in keys:
+                try:
+                    records[key] = json.loads(path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+    return records
+
+
+def write_metadata(root: Path, records: dict[str, dict]) -> int:
+    meta_dir = root / ".snakemake" / "metadata"
+    incomplete = root / ".snakemake" / "incomplete"
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    for key, record in records.items():
+        path = _record_path(meta_dir, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        if incomplete.is_dir():  # a stale marker would make Snakemake treat the restored file as broken
+            marker = _record_path(incomplete, key)
+            if marker.exists():
+                marker.unlink()
+    return len(records)
+
+
+def bundle_config_hash(root: Path) -> str:
+    resolved = root / "results" / "config" / "resolved.json"
+    if not resolved.exists():
+        raise BundleError(f"{resolved} not found: run the workflow first (it writes the resolved config)")
+    return config_hash(json.loads(resolved.read_text()))
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = time.time()
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _open_write(path: Path, fmt: str):
+    raw = open(path, "wb")
+    if fmt == "zst":
+        stream = _zstd().ZstdCompressor(level=10, threads=-1).stream_writer(raw, closefd=True)
+    else:
+        stream = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0)
+    return raw, stream
+
+
+def pack(root: Path = Path("."), out: Path | None = None, fmt: str = "auto", max_file_mb: float = 256.0,
+         metadata: bool = True) -> dict:
+    root = Path(root)
+    chash = bundle_config_hash(root)
+    if fmt == "auto":
+        fmt = "zst" if _zstd() else "gz"
+    if fmt == "zst" and not _zstd():
+        raise BundleError("--format zst needs the zstandard package (pip install zstandard)")
+    out = Path(out) if out else root / "results" / f"bundle-{chash}.tar.{fmt}"
+    files, omitted = select_files(root, max_file_mb)
+    entries = []
+    for rel in files:
+        st = (root / rel).stat()
+        entries.append({"path": rel, "sha256": sha256_file(root / rel), "size": st.st_size,
+                        "mtime": st.st_mtime})
+    records = read_metadata(root, set(files)) if metadata else {}
+    index = {
+        "schema": "repro-bundle/1", "config_hash": chash, "created": utc_now(), "git": git_state(root),
+        "packages": package_versions(("repro", "snakemake")), "files": entries, "omitted": omitted,
+        "metadata_records": len(records),
+    }
+    sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    raw, stream = _open_write(tmp, fmt)
+    try:
+        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            # The index comes first so that unpack knows every file before it writes any.
+            _add_bytes(tar, INDEX, json.dumps(index, indent=1).encode())
+            _add_bytes(tar, SUMS, sums.encode())
+            _add_bytes(tar, METADATA, json.dumps(records).encode())
+            for rel in files:
+                info = tar.gettarinfo(root / rel, arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(root / rel, "rb") as f:
+                    tar.addfile(info, f)
+    finally:
+        stream.close()
+        if not raw.closed:
+            raw.close()
+    os.replace(tmp, out)
+    return {"bundle": str(out), "files": len(entries), "bytes": out.stat().st_size, "omitted": len(omitted),
+            "metadata_records": len(records), "config_hash": chash}
+
+
+def _open_read(path: Path):
+    raw = open(path, "rb")
+    magic = raw.read(4)
+    raw.seek(0)
+    if magic == ZSTD_MAGIC:
+        if not _zstd():
+            raw.close()
+            raise BundleError(f"{path} is zstd-compressed: pip install zstandard")
+        return raw, _zstd().ZstdDecompressor().stream_reader(raw, closefd=True)
+    if magic[:2] == b"\x1f\x8b":
+        return raw, gzip.GzipFile(fileobj=raw, mode="rb")
+    raw.close()
+    raise BundleError(f"{path}: not a .tar.zst or .tar.gz bundle")
+
+
+def unpack(bundle: Path, dest: Path = Path("."), force: bool = False, metadata: bool = True) -> dict:
+    dest = Path(dest)
+    raw, stream = _open_read(Path(bundle))
+    index = sums = records = None
+    expected: dict[str, str] = {}
+    restored = []
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if member.name.startswith(".bundle/"):
+                    data = tar.extractfile(member).read()
+                    if member.name == INDEX:
+                        index = json.loads(data)
+                        expected = {e["path"]: e["sha256"] for e in index["files"]}
+                        conflicts = [p for p, h in expected.items()
+                                     if (dest / p).is_file() and sha256_file(dest / p) != h]
+                        if conflicts and not force:
+                            raise BundleError(
+                                f"{len(conflicts)} files in {dest} differ from the bundle (e.g. {conflicts[0]}); "
+                                "unpack into an empty folder or pass --force to overwrite them")
+                    elif member.name == SUMS:
+                        sums = data.decode()
+                    elif member.name == METADATA:
+                        records = json.loads(data)
+                    continue
+                if index is None:
+                    raise BundleError(f"{bundle}: the index must come first; not a repro bundle")
+                name = PurePosixPath(member.name)
+                if member.name not in expected or not member.isfile() or name.is_absolute() or ".." in name.parts:
+                    raise BundleError(f"{bundle}: {member.name} is not in the bundle's index")
+                target = dest / member.name
+                if target.exists():
+                    target.unlink()
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, dest, filter="data")
+                else:  # Python < 3.10.12: the checks above already refuse links and paths outside dest
+                    tar.extract(member, dest)
+                restored.append(member.name)
+    finally:
+        stream.close()
+        if not raw.closed:
+            raw.close()
+    if index is None:
+        raise BundleError(f"{bundle}: no index; not a repro bundle")
+    missing = sorted(set(expected) - set(restored))
+    bad = [p for p in restored if sha256_file(dest / p) != expected[p]]
+    if missing or bad:
+        raise BundleError(f"bundle damaged: {len(missing)} files missing, {len(bad)} with wrong SHA-256 "
+                          f"(e.g. {(missing or bad)[0]})")
+    n_records = write_metadata(dest, records or {}) if metadata else 0
+    return {"files": len(restored), "config_hash": index["config_hash"], "metadata_records": n_records,
+            "created": index["created"], "git": index.get("git"), "sha256sums": bool(sums)}
+
+
+def verify_tree(root: Path, bundle_index: dict) -> list[str]:
+    """Paths whose content under ``root`` differs from the index (empty: identical)."""
+    return [e["path"] for e in bundle_index["files"]
+            if not (Path(root) / e["path"]).is_file() or sha256_file(Path(root) / e["path"]) != e["sha256"]]
+
+
+def read_index(bundle: Path) -> dict:
+    raw, stream = _open_read(Path(bundle))
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if member.name == INDEX:
+                    return json.loads(tar.extractfile(member).read())
+    finally:
+        stream.close()
+        if not raw.closed:
+            raw.close()
+    raise BundleError(f"{bundle}: no index")
+
+
