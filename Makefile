@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
+# `make paper CONFIGFILE=presets/test.yaml` (or results/config/resolved.json after `repro bundle unpack`).
+CONFIGFILE ?=
+CONFIG_ARG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE),)
 
-.PHONY: setup run dry-run-paper test test-fast lint clean
+.PHONY: setup run dry-run-paper forecast paper report bundle test test-fast lint clean
 
 # Idempotent: the venv is (re)installed only when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -23,14 +26,38 @@ run: setup
 dry-run-paper: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake -n --configfile presets/paper.yaml
 
+# The paper from the results of `make run` (only what changed is rebuilt); needs TeX from Debian.
+paper: setup
+	@command -v latexmk >/dev/null && command -v pdflatex >/dev/null && command -v bibtex >/dev/null || { \
+	  echo "make paper needs TeX (latexmk, pdflatex, bibtex). Install it with:"; \
+	  echo "  sudo apt-get install -y --no-install-recommends texlive-latex-recommended latexmk"; \
+	  echo "or, with conda: conda env create -f envs/latex.yaml"; exit 1; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake paper/main.pdf --cores $(CORES) $(CONFIG_ARG) $(SNAKEMAKE_ARGS)
+
+# HTML report of the run (figures and tables by study, with the code that made them).
+report: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake $(CONFIG_ARG) --report results/report.html
+
+# Restorable results bundle: results/bundle-<confighash>.tar.zst (restore: .venv/bin/repro bundle unpack FILE).
+bundle: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro bundle pack
+
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
+# Device-hours and jobs of a preset before submitting it:  make forecast PRESET=presets/paper.yaml
+PRESET ?= presets/paper.yaml
+forecast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro forecast --configfile $(PRESET)
+
+# Snakemake's own linter (every rule has a log and a conda env), the Snakemake formatter, ruff.
 lint: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake paper/build paper/main.pdf

@@ -40,6 +40,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
 include: "workflow/rules/laws.smk"
 include: "workflow/rules/compression.smk"
+include: "workflow/rules/teb.smk"
+include: "workflow/rules/paper.smk"
 
 
 rule all:

@@ -59,7 +59,7 @@ def test_test_preset_runs_the_whole_dag(test_preset_run):
     for pdf in figures:
         assert pdf.read_bytes().count(b"/Type /Page") >= 1 and pdf.with_suffix(".png").stat().st_size > 1000
     tables = sorted((ws / "results/tables").glob("*.tex"))
-    assert {t.stem for t in tables} == {"linear_law", "power_laws", "gradient_norms", "early_stopping"}
+    assert {"linear_law", "power_laws", "gradient_norms", "early_stopping"} <= {t.stem for t in tables}
     for table in tables:
         _check_latex_fragment(table.read_text())
     numbers = (ws / "results/numbers.tex").read_text()
@@ -107,7 +107,8 @@ def test_paper_preset_plans(tmp_path):
     out = proc.stdout + proc.stderr
     # 2 methods x 9 ranks on OpenOrca, Llama-2-7b-chat from the hub.
     assert "llama-2-7b-chat" in out
-    for rule, count in (("finetune", 18), ("evaluate", 18), ("download_model", 1), ("aggregate", 1)):
+    for rule, count in (("finetune", 18), ("evaluate", 18), ("download_model", 1), ("aggregate", 1),
+                        ("evaluate_tasks", 18), ("evaluate_tasks_base", 1)):
         assert any(line.split()[:2] == [rule, str(count)] for line in out.splitlines()), (rule, out[-3000:])
 
 

@@ -23,7 +23,7 @@ def make_workspace(path: Path) -> Path:
     for folder in WORKFLOW_DIRS:
         if (REPO / folder).is_dir():
             shutil.copytree(REPO / folder, path / folder,
-                            ignore=shutil.ignore_patterns("*.pdf", "*.aux", "*.log", "*.fls", "*.fdb_latexmk"))
+                            ignore=shutil.ignore_patterns("*.pdf", "*.aux", "*.log", "*.fls", "*.fdb_latexmk", "build"))
     return path
 
 

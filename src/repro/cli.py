@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 
-BRANCHES = ("laws", "report", "teb", "compression")
+BRANCHES = ("laws", "report", "teb", "compression", "cluster", "provenance", "paper")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate_forgetting(args) -> int:
     from .lm.data import finetune_paths, forgetting_path, read_jsonl
     from .lm.forgetting import evaluate_run
 
@@ -84,10 +84,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_evaluate_tasks(args) -> int:
+    from .lm.evals import check_config, evaluate_checkpoints
+
+    cfg = load_config(args.configfile)
+    if not cfg["evals"]["enabled"]:
+        raise ConfigError(f"key 'evals.enabled': false in {args.configfile}; nothing to evaluate")
+    check_config(cfg)
+    if (args.summary is None) == (not args.base):
+        raise ConfigError("repro evaluate tasks: give exactly one of --summary (a run) or --base (the base model)")
+    rows = evaluate_checkpoints(cfg, args.model_dir, args.out, summary_path=args.summary, steps=args.steps,
+                                progress=not args.no_progress)
+    for row in rows:
+        shown = {k: round(v, 4) for k, v in row.items() if k != "step" and not k.endswith(("_stderr", "_n"))}
+        print(f"step {row['step']}: {shown}")
+    return 0
+
+
 def cmd_aggregate(args) -> int:
     from .lm.aggregate import aggregate
 
-    table = aggregate(args.summaries, args.out, steps_csv=args.steps_out)
+    table = aggregate(args.summaries, args.out, steps_csv=args.steps_out, with_tasks=args.with_tasks,
+                      tasks_base=args.tasks_base)
     print(f"{args.out}: {len(table)} rows from {table.groupby(['dataset', 'method', 'rank', 'lr', 'seed']).ngroups} runs")
     return 0
 
@@ -129,18 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="L_ft and forgetting L_f at every checkpoint of a run")
+    evaluate = sub.add_parser("evaluate", help="evaluations of a run's checkpoints").add_subparsers(
+        dest="action", required=True)
+    p = evaluate.add_parser("forgetting", help="L_ft and forgetting L_f at every checkpoint of a run")
     _add_config(p)
     p.add_argument("--model-dir", required=True, type=Path)
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--summary", required=True, type=Path, help="the run's summary.json")
     p.add_argument("--out", required=True, type=Path, help="eval.csv to write")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate_forgetting)
+    p = evaluate.add_parser("tasks", help="lm-eval benchmarks and refusal rate at selected checkpoints (evals:)")
+    _add_config(p)
+    p.add_argument("--model-dir", required=True, type=Path)
+    p.add_argument("--summary", type=Path, help="the run's summary.json (steps from evals.checkpoints, step 0 excluded)")
+    p.add_argument("--base", action="store_true", help="evaluate the base model (step 0 of every run) instead")
+    p.add_argument("--steps", type=int, nargs="+", help="evaluate exactly these checkpoint steps of --summary")
+    p.add_argument("--out", required=True, type=Path, help="tasks.csv to write")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate_tasks)
 
     p = sub.add_parser("aggregate", help="tidy table of every run x checkpoint")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps-out", type=Path, help="also write the per-step training logs as one table")
+    p.add_argument("--with-tasks", action="store_true", help="join each run's tasks.csv (repro evaluate tasks)")
+    p.add_argument("--tasks-base", type=Path, help="base-model tasks.csv, joined to every run's step-0 row")
     p.add_argument("summaries", nargs="+", type=Path, help="summary.json of each run")
     p.set_defaults(func=cmd_aggregate)
 
@@ -153,15 +184,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import time
+
+    from .provenance.manifest import utc_now, write_manifest
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    started, t0 = utc_now(), time.perf_counter()
     try:
-        return args.func(args)
+        code = args.func(args)
     except ConfigError as exc:
         print(f"repro: config error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 2
+    if not code:
+        # Provenance never fails a job whose outputs are written.
+        try:
+            write_manifest(args, argv, started, time.perf_counter() - t0)
+        except Exception as exc:
+            print(f"repro: warning: no provenance manifest written: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -31,3 +31,11 @@ wildcard_constraints:
     rank=r"\d+",
     lr=r"[0-9.e+-]+",
     seed=r"\d+",
+
+
+from repro.cluster.resources import job_resources
+
+
+def resources_for(family):
+    """Cluster requests (mem_mb, runtime, cpus_per_task, gpu, partition) of a rule family, from the config."""
+    return job_resources(family, config)

@@ -22,7 +22,16 @@ COMP_TABLES = [
     for ext in ("csv", "tex")
 ] + [f"{COMP_DIR}/tables/summary.json"]
 
-ALL_TARGETS.extend(COMP_TABLES)
+COMP_NUMBERS = f"{COMP_DIR}/numbers.tex"
+
+ALL_TARGETS.extend([*COMP_TABLES, COMP_NUMBERS])
+
+
+def comp_report(path):
+    """CSV tables go into the HTML report (`snakemake --report`), one caption per table."""
+    if not path.endswith(".csv"):
+        return path
+    return report(path, caption=f"../report/compression_{Path(path).stem}.rst", category="Compression schemes")
 
 
 rule compression_enumerate:
@@ -36,8 +45,10 @@ rule compression_enumerate:
         d=r"\d+",
     log:
         "logs/compression/enumerate/n{n}_d{d}.log",
+    conda:
+        "../../envs/compression.yaml"
     resources:
-        mem_mb=4000,
+        **resources_for("compression_enumerate"),
     shell:
         "repro compression enumerate --configfile {params.config} --n {wildcards.n} --d {wildcards.d}"
         " --out {output} > {log} 2>&1"
@@ -58,6 +69,10 @@ rule compression_schemes:
         kind=r"labeled|unlabeled",
     log:
         "logs/compression/schemes/n{n}_d{d}_{kind}.log",
+    conda:
+        "../../envs/compression.yaml"
+    resources:
+        **resources_for("compression"),
     shell:
         "repro compression schemes --configfile {params.config} --enumeration {input} --kind {wildcards.kind}"
         " --out {output.records} --summary {output.summary} > {log} 2>&1"
@@ -74,6 +89,10 @@ rule compression_named:
         name=r"warmuth|kw-maximal|kw-table1|kw-table2|kw-maximum|cube[1-6]",
     log:
         "logs/compression/named/{name}.log",
+    conda:
+        "../../envs/compression.yaml"
+    resources:
+        **resources_for("compression"),
     shell:
         "repro compression named --configfile {params.config} --name {wildcards.name}"
         " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
@@ -88,6 +107,10 @@ rule compression_compactness:
         fingerprint=fingerprint(COMP["compactness"], COMP["sat"]),
     log:
         "logs/compression/compactness.log",
+    conda:
+        "../../envs/compression.yaml"
+    resources:
+        **resources_for("compression"),
     shell:
         "repro compression compactness --configfile {params.config}"
         " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
@@ -103,6 +126,10 @@ rule compression_verify:
         stem=r"(schemes|named|compactness)/[A-Za-z0-9_.-]+",
     log:
         "logs/compression/verify/{stem}.log",
+    conda:
+        "../../envs/compression.yaml"
+    resources:
+        **resources_for("compression"),
     shell:
         "repro compression verify --out {output} {input} > {log} 2>&1"
 
@@ -115,12 +142,31 @@ rule compression_tables:
         named=[f"{COMP_DIR}/{stem}.json" for stem in COMP_NAMED_STEMS],
         compactness=f"{COMP_DIR}/compactness/compactness.json",
     output:
-        COMP_TABLES,
+        [comp_report(f) for f in COMP_TABLES],
     params:
         out_dir=f"{COMP_DIR}/tables",
     log:
         "logs/compression/tables.log",
+    conda:
+        "../../envs/compression.yaml"
+    resources:
+        **resources_for("light"),
     shell:
         "repro compression tables --out-dir {params.out_dir} --enumerate {input.enumerate}"
         " --schemes {input.schemes} --verify {input.verify} --named {input.named}"
         " --compactness {input.compactness} > {log} 2>&1"
+
+
+rule compression_numbers:
+    input:
+        f"{COMP_DIR}/tables/summary.json",
+    output:
+        COMP_NUMBERS,
+    log:
+        "logs/compression/numbers.log",
+    conda:
+        "../../envs/compression.yaml"
+    resources:
+        **resources_for("light"),
+    shell:
+        "repro compression numbers --summary {input} --out {output} > {log} 2>&1"

@@ -14,11 +14,37 @@ LM_FIGURES = [
     for o in config["laws"]["rank_stability"]["optimizers"]
     for ext in ("pdf", "png")
 ]
+if config["evals"]["enabled"]:
+    # Benchmark scores against L_f and refusal rate against N, from the evaluation columns of runs.csv.
+    _eval_figures = (["task_scores_vs_forgetting"] if config["evals"]["tasks"] else []) + (
+        ["refusal_vs_steps"] if config["evals"]["safety"]["enabled"] else [])
+    LM_FIGURES += [
+        f"{FIGURES}/{name}_{MODEL}_{d}.{ext}" for name in _eval_figures for d in LM_DATASETS for ext in ("pdf", "png")
+    ]
 LM_TABLES = [
     f"{TABLES}/{t}.tex" for t in ("linear_law", "power_laws", "gradient_norms", "early_stopping")
 ]
 
 ALL_TARGETS.extend([*LM_FIGURES, *LM_TABLES, f"{RESULTS}/numbers.tex"])
+
+# HTML report (`snakemake --report`): the PNG figures and the fit tables, one category per study.
+LM_REPORT_CATEGORIES = {
+    "forgetting_vs_finetune": "Forgetting laws",
+    "losses_vs_steps": "Forgetting laws",
+    "rslora_learning_curves": "rsLoRA",
+    "rslora_grad_norms": "rsLoRA",
+    "rank_stability": "rsLoRA",
+}
+
+
+def lm_report(path):
+    name = Path(path).name
+    if not name.endswith(".png"):
+        return path
+    for stem, category in LM_REPORT_CATEGORIES.items():
+        if name.startswith(stem):
+            return report(path, caption=f"../report/{stem}.rst", category=category)
+    return report(path, caption="../report/lm_figure.rst", category="Forgetting laws")
 
 
 rule fit_laws:
@@ -26,15 +52,19 @@ rule fit_laws:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
     output:
-        fits=f"{LAWS}/fits.csv",
-        early=f"{LAWS}/early_stopping.csv",
-        gradnorm=f"{LAWS}/gradnorm_spread.csv",
+        fits=report(f"{LAWS}/fits.csv", caption="../report/laws_fits.rst", category="Forgetting laws"),
+        early=report(f"{LAWS}/early_stopping.csv", caption="../report/early_stopping.rst", category="Forgetting laws"),
+        gradnorm=report(f"{LAWS}/gradnorm_spread.csv", caption="../report/gradnorm_spread.rst", category="rsLoRA"),
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
     params:
         config=RESOLVED_CONFIG,
         fingerprint=fingerprint("laws"),
     log:
         "logs/laws/fit_laws.log",
+    conda:
+        "../../envs/laws.yaml"
+    resources:
+        **resources_for("laws"),
     shell:
         "repro laws fit --configfile {params.config} --runs {input.runs} --steps {input.steps}"
         " --out {LAWS} > {log} 2>&1"
@@ -49,6 +79,10 @@ rule rank_stability:
         fingerprint=fingerprint(config["laws"]["rank_stability"]),
     log:
         "logs/laws/rank_stability.log",
+    conda:
+        "../../envs/laws.yaml"
+    resources:
+        **resources_for("laws"),
     shell:
         "repro laws rank-stability --configfile {params.config} --out {output.moments}"
         " --slopes-out {output.slopes} > {log} 2>&1"
@@ -61,9 +95,13 @@ rule figures:
         fits=f"{LAWS}/fits.csv",
         stability=f"{LAWS}/rank_stability.csv",
     output:
-        LM_FIGURES,
+        [lm_report(f) for f in LM_FIGURES],
     log:
         "logs/report/figures.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **resources_for("light"),
     shell:
         "repro report figures --runs {input.runs} --steps {input.steps} --laws-dir {LAWS}"
         " --rank-stability {input.stability} --out {FIGURES} > {log} 2>&1"
@@ -78,6 +116,10 @@ rule tables:
         LM_TABLES,
     log:
         "logs/report/tables.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **resources_for("light"),
     shell:
         "repro report tables --laws-dir {LAWS} --out {TABLES} > {log} 2>&1"
 
@@ -92,6 +134,10 @@ rule numbers:
         f"{RESULTS}/numbers.tex",
     log:
         "logs/report/numbers.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **resources_for("light"),
     shell:
         "repro report numbers --runs {input.runs} --laws-dir {LAWS}"
         " --rank-stability-slopes {input.slopes} --out {output} > {log} 2>&1"

@@ -34,7 +34,7 @@ def cmd_forecast(args) -> int:
     from .throughput import forecast
 
     cfg = load_config(args.configfile)
-    table = pd.DataFrame(forecast(cfg, gpu=args.gpu))
+    table = pd.DataFrame(forecast(cfg, gpu=args.gpu)).astype({"rank": "Int64"})
     total_hours = table["device_hours"].sum()
     device = table["device"].iloc[0]
     counts = None if args.no_dag else snakemake_job_counts(args.configfile.resolve(), Path.cwd())

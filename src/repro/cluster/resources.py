@@ -172,8 +172,9 @@ def job_resources(family: str, cfg: dict, device_name: str | None = None) -> dic
             # A hub download of the weights at a modest 20 MB/s, plus conversion.
             res["runtime"] = _runtime_minutes(shape.parameters * BYTES.get(cfg["dtype"], 4) / 20e6 + 120)
         elif family in ("finetune", "evaluate", "evaluate_tasks"):
+            # The base model's evaluation has no rank: it is costed as the smallest adapter.
             res["runtime"] = lambda wildcards: _runtime_minutes(
-                lm_seconds(family, cfg, int(wildcards.rank), device_name))
+                lm_seconds(family, cfg, int(wildcards.get("rank", 1)), device_name))
         else:
             res["runtime"] = _runtime_minutes(lm_seconds(family, cfg, 1, device_name))
         if on_gpu:

@@ -110,13 +110,49 @@ def load_seconds(cfg: dict) -> float:
     return 30.0 + shape.parameters * 4 / 0.5e9
 
 
+# Items of lm-eval's standard tasks (test or validation split as lm-eval scores them), and the
+# tokens of one scored continuation with its context (question + choice; MMLU's are longer).
+TASK_ITEMS = {"arc_easy": 2376, "arc_challenge": 1172, "mmlu": 14042, "hellaswag": 10042}
+TASK_TOKENS_PER_CHOICE = {"mmlu": 320, "hellaswag": 110}
+DEFAULT_TOKENS_PER_CHOICE = 80
+CHOICES = 4
+ADVBENCH_PROMPTS = 520
+# Greedy decoding runs one forward of the batch per new token: far below scoring throughput.
+GENERATION_SLOWDOWN = 10
+
+
+def evals_tokens(cfg: dict) -> tuple[float, float]:
+    """(scored, generated) tokens of one evaluate_tasks job: every selected checkpoint of a run."""
+    ev = cfg.get("evals") or {}
+    if not ev.get("enabled"):
+        return 0.0, 0.0
+    limit = ev.get("limit")
+    scored = 0.0
+    for task in ev.get("tasks", []):
+        items = TASK_ITEMS.get(task, 250)
+        items = min(items, limit) if limit else items
+        scored += items * CHOICES * TASK_TOKENS_PER_CHOICE.get(task, DEFAULT_TOKENS_PER_CHOICE)
+    safety = ev.get("safety") or {}
+    generated = 0.0
+    if safety.get("enabled", True):
+        prompts = ADVBENCH_PROMPTS if safety.get("prompts", "local") != "local" else 51
+        prompts = min(prompts, safety["limit"]) if safety.get("limit") else prompts
+        generated = prompts * safety.get("max_new_tokens", 64)
+    checkpoints = len(ev.get("checkpoints", [])) if isinstance(ev.get("checkpoints"), list) else 3
+    return checkpoints * scored, checkpoints * generated
+
+
 def lm_seconds(family: str, cfg: dict, rank: int, gpu: str | None = None, table: list[dict] | None = None) -> float:
     """Wall seconds of one job of an LM rule family at `rank`."""
     work = lm_work(cfg, rank)
     if family == "finetune":
         return load_seconds(cfg) + work["train_tokens"] / rate(cfg, "train", rank, gpu, table).tokens_per_s
-    if family in ("evaluate", "evaluate_tasks"):
+    if family == "evaluate":
         return load_seconds(cfg) + work["eval_tokens"] / rate(cfg, "eval", rank, gpu, table).tokens_per_s
+    if family == "evaluate_tasks":
+        scored, generated = evals_tokens(cfg)
+        eval_rate = rate(cfg, "eval", rank, gpu, table).tokens_per_s
+        return load_seconds(cfg) + (scored + GENERATION_SLOWDOWN * generated) / eval_rate
     if family == "prepare_data":
         # Sampling decodes one token per forward of the whole batch: an order slower than scoring.
         return load_seconds(cfg) + 10 * work["sample_tokens"] / rate(cfg, "eval", 1, gpu, table).tokens_per_s
@@ -129,7 +165,9 @@ def forecast(cfg: dict, gpu: str | None = None, table: list[dict] | None = None)
     runs_per_rank = len(ft["datasets"]) * len(ft["methods"]) * len(ft["learning_rates"]) * len(ft["seeds"])
     device = device_key(cfg, gpu)
     rows = []
-    for family in ("finetune", "evaluate"):
+    families = ("finetune", "evaluate", "evaluate_tasks") if (cfg.get("evals") or {}).get("enabled") else (
+        "finetune", "evaluate")
+    for family in families:
         for rank in ft["ranks"]:
             phase = "train" if family == "finetune" else "eval"
             r = rate(cfg, phase, rank, gpu, table)

@@ -115,6 +115,14 @@ def cmd_tables(args) -> int:
 
 
 @_guard
+def cmd_numbers(args) -> int:
+    from .numbers import make_numbers
+
+    print(make_numbers(args.summary, args.out))
+    return 0
+
+
+@_guard
 def cmd_exists(args) -> int:
     from .classes import read_class_file
     from .sat import scheme_exists
@@ -222,6 +230,11 @@ def register(sub) -> None:
     p.add_argument("--named", type=Path, nargs="*", default=[])
     p.add_argument("--compactness", type=Path)
     p.set_defaults(func=cmd_tables)
+
+    p = cmds.add_parser("numbers", help="LaTeX macros (\\Comp...) of the numbers the paper quotes")
+    p.add_argument("--summary", type=Path, required=True, help="summary.json written by 'tables'")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_numbers)
 
     p = cmds.add_parser("exists", help="does a class have a scheme of this kind and size? prints yes or no")
     p.add_argument("--class", dest="class_file", type=Path, required=True,

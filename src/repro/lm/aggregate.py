@@ -15,7 +15,7 @@ REQUIRED_COLUMNS = [
 RUN_KEYS = ["model", "dataset", "method", "rank", "lr", "seed", "alpha", "max_steps", "batch_size", "max_length"]
 
 
-def run_table(summary_path: Path) -> pd.DataFrame:
+def run_table(summary_path: Path, with_tasks: bool = False) -> pd.DataFrame:
     """One row per checkpoint of one run: run metadata, evaluation and training statistics."""
     summary_path = Path(summary_path)
     run_dir = summary_path.parent
@@ -38,7 +38,31 @@ def run_table(summary_path: Path) -> pd.DataFrame:
     scalings = summary["scaling"]
     ev["scaling"] = scalings[0] if len(scalings) == 1 else math.nan
     ev["run_dir"] = str(run_dir)
+    if with_tasks:
+        tasks_csv = run_dir / "tasks.csv"
+        if not tasks_csv.exists():
+            raise FileNotFoundError(f"{tasks_csv}: missing (run 'repro evaluate tasks' for {run_dir})")
+        tasks = pd.read_csv(tasks_csv)
+        unknown = sorted(set(tasks["step"]) - set(ev["step"]))
+        if unknown:
+            raise ValueError(f"{tasks_csv}: steps {unknown} are not checkpoints of {run_dir}")
+        # Checkpoints that were not evaluated keep NaN in the task columns.
+        ev = ev.merge(tasks, on="step", how="left")
     return ev
+
+
+def join_base_tasks(table: pd.DataFrame, base_csv: Path) -> pd.DataFrame:
+    """Put the base model's scores on every run's step-0 row (the adapter is zero there)."""
+    base = pd.read_csv(base_csv)
+    if list(base["step"]) != [0]:
+        raise ValueError(f"{base_csv}: expected one row for step 0, got steps {list(base['step'])}")
+    table = table.copy()
+    at0 = table["step"] == 0
+    for col in base.columns.drop("step"):
+        if col not in table:
+            table[col] = float("nan")
+        table.loc[at0, col] = base[col].iloc[0]
+    return table
 
 
 def step_table(summary_path: Path) -> pd.DataFrame:
@@ -62,14 +86,17 @@ def _write_csv(table: pd.DataFrame, out_csv: Path) -> None:
     tmp.replace(out_csv)
 
 
-def aggregate(summaries: list[Path], out_csv: Path, steps_csv: Path | None = None) -> pd.DataFrame:
+def aggregate(summaries: list[Path], out_csv: Path, steps_csv: Path | None = None, with_tasks: bool = False,
+              tasks_base: Path | None = None) -> pd.DataFrame:
     """Write runs.csv (one row per run x checkpoint) and optionally steps.csv (one row per step)."""
     if not summaries:
         raise ValueError("aggregate: no run summaries given")
     if steps_csv is not None:
         steps = pd.concat([step_table(Path(s)) for s in summaries], ignore_index=True)
         _write_csv(steps.sort_values(["model", "dataset", "method", "rank", "lr", "seed", "step"]), steps_csv)
-    table = pd.concat([run_table(Path(s)) for s in summaries], ignore_index=True)
+    table = pd.concat([run_table(Path(s), with_tasks=with_tasks) for s in summaries], ignore_index=True)
+    if tasks_base is not None:
+        table = join_base_tasks(table, tasks_base)
     first = REQUIRED_COLUMNS + [c for c in ("train_loss", "grad_norm_global", "scaling", "alpha") if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
     table = table.sort_values(["model", "dataset", "method", "rank", "lr", "seed", "step"]).reset_index(drop=True)

@@ -163,6 +163,112 @@ def rslora_curves(steps: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> lis
     return paths
 
 
+MARKERS = {"lora": "o", "rslora": "s"}
+
+
+def task_metric_columns(runs: pd.DataFrame) -> list[str]:
+    """Score columns written by `repro evaluate tasks` (task_<name>_<metric>), without stderr and counts."""
+    return [c for c in runs.columns if c.startswith("task_") and not c.endswith(("_stderr", "_n"))
+            and runs[c].notna().any()]
+
+
+# Chance level of the shipped four-way multiple-choice tasks (DATA_CARDS.md), drawn as a dashed line.
+CHANCE = {"task_repro_knowledge_acc": 0.25, "task_repro_arithmetic_acc": 0.25}
+
+
+def _task_and_metric(col: str) -> tuple[str, str]:
+    label = col.removeprefix("task_")
+    for metric in ("bits_per_byte", "acc_norm", "acc", "word_perplexity", "byte_perplexity", "exact_match"):
+        if label.endswith("_" + metric):
+            return label[: -len(metric) - 1], metric.replace("_", " ")
+    return label, "score"
+
+
+def task_scores_vs_forgetting(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Each benchmark score (with its standard error) against forgetting L_f at the evaluated checkpoints.
+
+    The base model (step 0) is the black star; a score that tracks L_f across ranks and methods means
+    the forgetting metric on the corpus predicts the benchmark loss.
+    """
+    paths = []
+    cols = task_metric_columns(runs)
+    if not cols:
+        return paths
+    for (model, dataset), grp in _groups(runs):
+        colours = rank_colours(grp["rank"])
+        ncol = min(len(cols), 3)
+        nrow = -(-len(cols) // ncol)
+        with plt.style.context(STYLE):
+            fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.0 * nrow), squeeze=False)
+            for ax, col in zip(axes.flat, cols):
+                sub = grp[grp[col].notna()]
+                se = sub[col + "_stderr"] if col + "_stderr" in sub else None
+                ft = sub[sub["step"] > 0]
+                for (method, rank), r in ft.groupby(["method", "rank"]):
+                    ax.errorbar(r["loss_forget"], r[col], yerr=None if se is None else se.loc[r.index],
+                                fmt=MARKERS.get(method, "^"), color=colours[int(rank)], ms=4, lw=0.8, capsize=2,
+                                label=f"{method} r={rank}")
+                base = sub[sub["step"] == 0].drop_duplicates(col)
+                if len(base):
+                    ax.errorbar(base["loss_forget"].iloc[:1], base[col].iloc[:1],
+                                yerr=None if se is None else se.loc[base.index[:1]],
+                                fmt="*", color="black", ms=8, capsize=2, label="base (step 0)")
+                if len(sub) >= 3 and sub["loss_forget"].nunique() > 1 and sub[col].nunique() > 1:
+                    rho = np.corrcoef(sub["loss_forget"], sub[col])[0, 1]
+                    ax.text(0.98, 0.02, f"Pearson r = {rho:.2f}", transform=ax.transAxes, ha="right", fontsize=7)
+                if col in CHANCE:
+                    ax.axhline(CHANCE[col], color="grey", ls="--", lw=0.8)
+                task, metric = _task_and_metric(col)
+                ax.set_title(task, fontsize=8)
+                ax.set_ylabel(metric + (" (chance dashed)" if col in CHANCE else ""))
+                ax.set_xlabel(TARGET_LABEL["loss_forget"])
+            for ax in list(axes.flat)[len(cols):]:
+                ax.set_visible(False)
+            handles, labels = axes.flat[0].get_legend_handles_labels()
+            # Below the panels (the bounding box is tight), clear of the panel titles.
+            fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize=6.5,
+                       bbox_to_anchor=(0.5, -0.03))
+            fig.suptitle(f"Benchmark scores vs forgetting — {model}, {dataset}", fontsize=9, y=1.04)
+            paths += save(fig, Path(out_dir) / f"task_scores_vs_forgetting_{model}_{dataset}")
+    return paths
+
+
+def refusal_vs_steps(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Refusal rate on harmful requests against steps N, one colour per rank, base model as a band."""
+    paths = []
+    if "refusal_rate" not in runs or runs["refusal_rate"].isna().all():
+        return paths
+    for (model, dataset), grp in _groups(runs):
+        grp = grp[grp["refusal_rate"].notna()]
+        methods = sorted(grp["method"].unique())
+        colours = rank_colours(grp["rank"])
+        with plt.style.context(STYLE):
+            fig, axes = plt.subplots(1, len(methods), figsize=(3.3 * len(methods), 3.0), sharey=True, squeeze=False)
+            for ax, method in zip(axes[0], methods):
+                sub = grp[grp["method"] == method]
+                base = sub[sub["step"] == 0]
+                if len(base):
+                    b, e = base["refusal_rate"].iloc[0], base["refusal_rate_stderr"].iloc[0]
+                    ax.axhline(b, color="grey", ls=":", lw=1, label="step 0 (base)")
+                    if np.isfinite(e):
+                        ax.axhspan(b - e, b + e, color="grey", alpha=0.15, lw=0)
+                for rank, r in sub[sub["step"] > 0].groupby("rank"):
+                    r = r.sort_values("step")
+                    ax.errorbar(r["step"], r["refusal_rate"], yerr=r["refusal_rate_stderr"], fmt="-o",
+                                color=colours[int(rank)], ms=3.5, lw=1, capsize=2, label=f"r={rank}")
+                ax.set_xscale("log", base=2)
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                ax.set_ylim(-0.05, 1.05)
+                ax.set_xlabel("optimizer steps N")
+                ax.set_title(METHOD_LABEL.get(method, method))
+            n = int(grp["refusal_n"].max()) if "refusal_n" in grp else None
+            axes[0][0].set_ylabel("refusal rate on harmful requests" + (f" (n={n})" if n else ""))
+            axes[0][-1].legend(loc="best")
+            paths += save(fig, Path(out_dir) / f"refusal_vs_steps_{model}_{dataset}")
+    return paths
+
+
 def make_all(runs_csv: Path, steps_csv: Path, fits_dir: Path, out_dir: Path) -> list[Path]:
     runs, steps = pd.read_csv(runs_csv), pd.read_csv(steps_csv)
     fits = _load_fits(fits_dir)
@@ -170,4 +276,7 @@ def make_all(runs_csv: Path, steps_csv: Path, fits_dir: Path, out_dir: Path) -> 
     out += forgetting_vs_finetune(runs, fits, out_dir)
     out += losses_vs_steps(runs, fits, out_dir)
     out += rslora_curves(steps, runs, out_dir)
+    # Written only when runs.csv carries evaluation columns (evals.enabled), as the figures rule expects.
+    out += task_scores_vs_forgetting(runs, out_dir)
+    out += refusal_vs_steps(runs, out_dir)
     return out

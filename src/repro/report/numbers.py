@@ -104,11 +104,38 @@ def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stabilit
     return m
 
 
+def eval_macros(m: Macros, runs: pd.DataFrame) -> None:
+    """Base vs most-forgetting checkpoint, per benchmark metric and for the refusal rate (prefix Eval).
+
+    The most-forgetting checkpoint is the evaluated fine-tuned checkpoint with the largest L_f.
+    """
+    scores = [c for c in runs.columns if c.startswith("task_") and not c.endswith(("_stderr", "_n"))]
+    if "refusal_rate" in runs:
+        scores.append("refusal_rate")
+    evaluated = runs[runs[scores].notna().any(axis=1)] if scores else runs.iloc[:0]
+    base, tuned = evaluated[evaluated["step"] == 0], evaluated[evaluated["step"] > 0]
+    if base.empty or tuned.empty:
+        return
+    base, worst = base.iloc[0], tuned.loc[tuned["loss_forget"].idxmax()]
+    m.add("EvalForgotMethod", str(worst["method"]))
+    m.add("EvalForgotRank", int(worst["rank"]))
+    m.add("EvalForgotStep", int(worst["step"]))
+    m.add("EvalForgotLf", float(worst["loss_forget"]))
+    m.add("EvalBaseLf", float(base["loss_forget"]))
+    for col in scores:
+        stem = "Refusal" if col == "refusal_rate" else macro_name(col.removeprefix("task_"))
+        for where, row in (("Base", base), ("Forgot", worst)):
+            m.add(f"Eval{stem}{where}", float(row[col]))
+            if col + "_stderr" in runs:
+                m.add(f"Eval{stem}{where}Stderr", float(row[col + "_stderr"]), 2)
+
+
 def make_numbers(runs_csv: Path, fits_dir: Path, spread_csv: Path, stability_csv: Path | None, out: Path) -> Path:
     runs = pd.read_csv(runs_csv)
     fits = [json.loads(p.read_text()) for p in sorted(Path(fits_dir).glob("*.json"))]
     stability = pd.read_csv(stability_csv) if stability_csv and Path(stability_csv).exists() else None
     macros = collect(runs, fits, pd.read_csv(spread_csv), stability)
+    eval_macros(macros, runs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(macros.render())

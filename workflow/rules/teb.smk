@@ -1,0 +1,222 @@
+# Transfer Entropy Bottleneck: teb_data{task} -> teb_target{task,seed} -> teb_train{task,variant,beta,seed}
+# -> teb_eval{task,seed} (+ teb_estimators{task} on the AR tasks) -> teb_aggregate -> figures, tables,
+# numbers. Every rule only names files and runs `repro teb ...` (src/repro/teb/cli.py).
+from repro.teb.runs import ar_task_names, task_names, task_runs
+
+TEB = config["teb"]
+TEB_DIR = f"{RESULTS}/teb"
+TEB_TASKS = task_names(TEB)
+TEB_AR_TASKS = ar_task_names(TEB)
+TEB_SEEDS = TEB["seeds"]
+TEB_FIGURES = [
+    f"{RESULTS}/figures/teb_{name}.{ext}"
+    for name in ("te_vs_exact", "info_plane", "switch")
+    for ext in ("pdf", "png")
+]
+TEB_TABLES = [f"{RESULTS}/tables/teb_{name}.tex" for name in ("tasks", "te_sweep")]
+
+ALL_TARGETS.extend([*TEB_FIGURES, *TEB_TABLES, f"{TEB_DIR}/numbers.tex"])
+
+
+def teb_run_dir(task, variant, beta, seed):
+    return f"{TEB_DIR}/models/{task}/{variant}/beta{beta}/seed{seed}"
+
+
+def teb_task_runs(wildcards):
+    return [
+        f"{teb_run_dir(wildcards.task, v, b, wildcards.seed)}/summary.json"
+        for v, b in task_runs(TEB, wildcards.task)
+    ]
+
+
+rule teb_data:
+    output:
+        data=f"{TEB_DIR}/data/{{task}}/data.pt",
+        manifest=f"{TEB_DIR}/data/{{task}}/manifest.json",
+    log:
+        "logs/teb/data/{task}.log",
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["tasks"], TEB["data_seed"]),
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("teb"),
+    shell:
+        "repro teb data --configfile {params.config} --task {wildcards.task}"
+        " --out {TEB_DIR}/data/{wildcards.task} > {log} 2>&1"
+
+
+rule teb_target:
+    input:
+        f"{TEB_DIR}/data/{{task}}/data.pt",
+    output:
+        model=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/model.pt",
+        summary=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
+    log:
+        "logs/teb/target/{task}_seed{seed}.log",
+    threads: TEB["threads"]
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["model"], TEB["train"], TEB["device"]),
+        out=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("teb"),
+    shell:
+        "repro teb train --configfile {params.config} --task {wildcards.task} --data {input}"
+        " --variant target --seed {wildcards.seed} --no-progress --out {params.out} > {log} 2>&1"
+
+
+rule teb_train:
+    input:
+        data=f"{TEB_DIR}/data/{{task}}/data.pt",
+        target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
+    output:
+        model=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/model.pt",
+        summary=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/summary.json",
+    log:
+        "logs/teb/train/{task}_{variant}_beta{beta}_seed{seed}.log",
+    wildcard_constraints:
+        task=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        variant=r"teb|teb0|deterministic|joint",
+        beta=r"none|[0-9.e+-]+",
+    threads: TEB["threads"]
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["model"], TEB["train"], TEB["device"]),
+        out=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}",
+        target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("teb"),
+    shell:
+        "repro teb train --configfile {params.config} --task {wildcards.task} --data {input.data}"
+        " --variant {wildcards.variant} --beta {wildcards.beta} --seed {wildcards.seed}"
+        " --target {params.target} --no-progress --out {params.out} > {log} 2>&1"
+
+
+rule teb_eval:
+    input:
+        data=f"{TEB_DIR}/data/{{task}}/data.pt",
+        target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
+        runs=teb_task_runs,
+    output:
+        f"{TEB_DIR}/evals/{{task}}/seed{{seed}}.csv",
+    log:
+        "logs/teb/eval/{task}_seed{seed}.log",
+    threads: TEB["threads"]
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["train"]["eval_samples"]),
+        target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
+        runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input.runs),
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("teb"),
+    shell:
+        "repro teb eval --configfile {params.config} --task {wildcards.task} --data {input.data}"
+        " --target {params.target} --seed {wildcards.seed} --out {output} {params.runs} > {log} 2>&1"
+
+
+rule teb_estimators:
+    input:
+        data=f"{TEB_DIR}/data/{{task}}/data.pt",
+        manifest=f"{TEB_DIR}/data/{{task}}/manifest.json",
+    output:
+        f"{TEB_DIR}/estimators/{{task}}.csv",
+    log:
+        "logs/teb/estimators/{task}.log",
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["estimators"]),
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("teb"),
+    shell:
+        "repro teb estimators --configfile {params.config} --task {wildcards.task} --data {input.data}"
+        " --manifest {input.manifest} --out {output} > {log} 2>&1"
+
+
+rule teb_aggregate:
+    input:
+        evals=[f"{TEB_DIR}/evals/{t}/seed{s}.csv" for t in TEB_TASKS for s in TEB_SEEDS],
+        estimators=[f"{TEB_DIR}/estimators/{t}.csv" for t in TEB_AR_TASKS],
+        manifests=[f"{TEB_DIR}/data/{t}/manifest.json" for t in TEB_TASKS],
+    output:
+        evals=f"{TEB_DIR}/evals.csv",
+        estimators=f"{TEB_DIR}/estimators.csv",
+        sweep=f"{TEB_DIR}/te_sweep.csv",
+        plane=f"{TEB_DIR}/info_plane.csv",
+    log:
+        "logs/teb/aggregate.log",
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("light"),
+    shell:
+        "repro teb aggregate --evals {input.evals} --estimators {input.estimators}"
+        " --manifests {input.manifests} --out-dir {TEB_DIR} > {log} 2>&1"
+
+
+rule teb_figures:
+    input:
+        f"{TEB_DIR}/evals.csv",
+        f"{TEB_DIR}/te_sweep.csv",
+        f"{TEB_DIR}/info_plane.csv",
+    output:
+        report(
+            f"{RESULTS}/figures/teb_te_vs_exact.pdf", caption="../report/teb_te_vs_exact.rst", category="TEB"
+        ),
+        report(
+            f"{RESULTS}/figures/teb_info_plane.pdf", caption="../report/teb_info_plane.rst", category="TEB"
+        ),
+        report(f"{RESULTS}/figures/teb_switch.pdf", caption="../report/teb_switch.rst", category="TEB"),
+        f"{RESULTS}/figures/teb_te_vs_exact.png",
+        f"{RESULTS}/figures/teb_info_plane.png",
+        f"{RESULTS}/figures/teb_switch.png",
+    log:
+        "logs/teb/figures.log",
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("light"),
+    shell:
+        "repro teb figures --teb-dir {TEB_DIR} --out {RESULTS}/figures > {log} 2>&1"
+
+
+rule teb_tables:
+    input:
+        f"{TEB_DIR}/evals.csv",
+        f"{TEB_DIR}/te_sweep.csv",
+    output:
+        TEB_TABLES,
+    log:
+        "logs/teb/tables.log",
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("light"),
+    shell:
+        "repro teb tables --teb-dir {TEB_DIR} --out {RESULTS}/tables > {log} 2>&1"
+
+
+rule teb_numbers:
+    input:
+        f"{TEB_DIR}/evals.csv",
+        f"{TEB_DIR}/te_sweep.csv",
+        f"{TEB_DIR}/info_plane.csv",
+    output:
+        f"{TEB_DIR}/numbers.tex",
+    log:
+        "logs/teb/numbers.log",
+    conda:
+        "../../envs/teb.yaml"
+    resources:
+        **resources_for("light"),
+    shell:
+        "repro teb numbers --teb-dir {TEB_DIR} --out {output} > {log} 2>&1"
