@@ -13,8 +13,11 @@ if not workflow.overwrite_configfiles:
     workflow.configfile("config.yaml")
 
 try:
-    config = validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
-                             source=", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml")
+    config = validate_config(
+        config,
+        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+        source=", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml",
+    )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 

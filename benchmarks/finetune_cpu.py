@@ -110,9 +110,9 @@ def main() -> None:
     }
     if args.compile:
         # Compiled layers change the model for every later call, so this variant runs alone.
-        from repro.lm.finetune import compile_decoder_layers
-
         import copy
+
+        from repro.lm.finetune import compile_decoder_layers
 
         # The baseline keeps an uncompiled copy of the same model (and its own optimizer).
         plain_model = copy.deepcopy(model)
@@ -125,7 +125,7 @@ def main() -> None:
             repro_step(model, opt, [e for e in examples if len(e.input_ids) == T][:args.batch_size], pad, args.device, True)
         print(f"compile + two warm-up shapes: {time.perf_counter() - t0:.1f} s (not counted below)")
     # Warm-up (allocator, thread pools) outside the measurement.
-    for grouped, step in variants.values():
+    for _grouped, step in variants.values():
         step([examples[i] for i in range(args.batch_size)])
     seconds = {k: [] for k in variants}
     tokens_per_round = None

@@ -167,7 +167,7 @@ class SlurmCluster:
         return {int(m) for m in re.findall(r"sched: Allocate JobId=(\d+)", text)}
 
     def stop(self) -> None:
-        for name, pid in self.pids().items():
+        for pid in self.pids().values():
             if pid is None:
                 continue
             try:

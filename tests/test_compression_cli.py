@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from repro.cli import main
-from repro.compression.enumeration import brute_force_maximum_classes
-from repro.compression.sat import brute_force_scheme_exists
 from repro.compression.classes import ConceptClass
+from repro.compression.enumeration import brute_force_maximum_classes
 from repro.compression.named import named_class
+from repro.compression.sat import brute_force_scheme_exists
 from repro.compression.schemes import RepresentationScheme, min_peeling
 from repro.config import ConfigError, validate_config
 

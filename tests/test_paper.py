@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import REPO, snakemake
 
 needs_tex = pytest.mark.skipif(not all(shutil.which(t) for t in ("latexmk", "pdflatex", "bibtex")),

@@ -12,11 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from repro.lm.aggregate import REQUIRED_COLUMNS
-
 from workflow_helpers import make_workspace as _workspace
 from workflow_helpers import snakemake as _snakemake
+
+from repro.lm.aggregate import REQUIRED_COLUMNS
 
 
 def _check_latex_fragment(text: str) -> None:

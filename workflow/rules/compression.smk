@@ -7,10 +7,6 @@ COMP_DIR = f"{RESULTS}/compression"
 COMP_KINDS = ["labeled", "unlabeled"]
 
 
-def compression_shapes(n_max):
-    return [(n, d) for n in range(1, n_max + 1) for d in range(0, n + 1)]
-
-
 COMP_ENUM = compression_shapes(COMP["enumerate"]["n_max"])
 COMP_SCHEMES = compression_shapes(min(COMP["schemes"]["n_max"], COMP["enumerate"]["n_max"]))
 COMP_SCHEME_STEMS = [f"schemes/n{n}_d{d}_{kind}" for n, d in COMP_SCHEMES for kind in COMP_KINDS]
@@ -27,28 +23,21 @@ COMP_NUMBERS = f"{COMP_DIR}/numbers.tex"
 ALL_TARGETS.extend([*COMP_TABLES, COMP_NUMBERS])
 
 
-def comp_report(path):
-    """CSV tables go into the HTML report (`snakemake --report`), one caption per table."""
-    if not path.endswith(".csv"):
-        return path
-    return report(path, caption=f"../report/compression_{Path(path).stem}.rst", category="Compression schemes")
-
-
 rule compression_enumerate:
     output:
         f"{COMP_DIR}/enumerate/n{{n}}_d{{d}}.json",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["enumerate"]),
+    log:
+        "logs/compression/enumerate/n{n}_d{d}.log",
     wildcard_constraints:
         n=r"\d+",
         d=r"\d+",
-    log:
-        "logs/compression/enumerate/n{n}_d{d}.log",
     conda:
         "../../envs/compression.yaml"
     resources:
         **resources_for("compression_enumerate"),
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["enumerate"]),
     shell:
         "repro compression enumerate --configfile {params.config} --n {wildcards.n} --d {wildcards.d}"
         " --out {output} > {log} 2>&1"
@@ -60,19 +49,19 @@ rule compression_schemes:
     output:
         records=f"{COMP_DIR}/schemes/n{{n}}_d{{d}}_{{kind}}.jsonl.gz",
         summary=f"{COMP_DIR}/schemes/n{{n}}_d{{d}}_{{kind}}.json",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["schemes"], COMP["sat"]),
+    log:
+        "logs/compression/schemes/n{n}_d{d}_{kind}.log",
     wildcard_constraints:
         n=r"\d+",
         d=r"\d+",
         kind=r"labeled|unlabeled",
-    log:
-        "logs/compression/schemes/n{n}_d{d}_{kind}.log",
     conda:
         "../../envs/compression.yaml"
     resources:
         **resources_for("compression"),
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["schemes"], COMP["sat"]),
     shell:
         "repro compression schemes --configfile {params.config} --enumeration {input} --kind {wildcards.kind}"
         " --out {output.records} --summary {output.summary} > {log} 2>&1"
@@ -82,17 +71,17 @@ rule compression_named:
     output:
         report=f"{COMP_DIR}/named/{{name}}.json",
         records=f"{COMP_DIR}/named/{{name}}.jsonl.gz",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["named"], COMP["sat"]),
-    wildcard_constraints:
-        name=r"warmuth|kw-maximal|kw-table1|kw-table2|kw-maximum|cube[1-6]",
     log:
         "logs/compression/named/{name}.log",
+    wildcard_constraints:
+        name=r"warmuth|kw-maximal|kw-table1|kw-table2|kw-maximum|cube[1-6]",
     conda:
         "../../envs/compression.yaml"
     resources:
         **resources_for("compression"),
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["named"], COMP["sat"]),
     shell:
         "repro compression named --configfile {params.config} --name {wildcards.name}"
         " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
@@ -102,15 +91,15 @@ rule compression_compactness:
     output:
         report=f"{COMP_DIR}/compactness/compactness.json",
         records=f"{COMP_DIR}/compactness/compactness.jsonl.gz",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["compactness"], COMP["sat"]),
     log:
         "logs/compression/compactness.log",
     conda:
         "../../envs/compression.yaml"
     resources:
         **resources_for("compression"),
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(COMP["compactness"], COMP["sat"]),
     shell:
         "repro compression compactness --configfile {params.config}"
         " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
@@ -122,10 +111,10 @@ rule compression_verify:
         f"{COMP_DIR}/{{stem}}.jsonl.gz",
     output:
         f"{COMP_DIR}/verify/{{stem}}.json",
-    wildcard_constraints:
-        stem=r"(schemes|named|compactness)/[A-Za-z0-9_.-]+",
     log:
         "logs/compression/verify/{stem}.log",
+    wildcard_constraints:
+        stem=r"(schemes|named|compactness)/[A-Za-z0-9_.-]+",
     conda:
         "../../envs/compression.yaml"
     resources:
@@ -143,14 +132,14 @@ rule compression_tables:
         compactness=f"{COMP_DIR}/compactness/compactness.json",
     output:
         [comp_report(f) for f in COMP_TABLES],
-    params:
-        out_dir=f"{COMP_DIR}/tables",
     log:
         "logs/compression/tables.log",
     conda:
         "../../envs/compression.yaml"
     resources:
         **resources_for("light"),
+    params:
+        out_dir=lambda wildcards, output: str(Path(output[0]).parent),
     shell:
         "repro compression tables --out-dir {params.out_dir} --enumerate {input.enumerate}"
         " --schemes {input.schemes} --verify {input.verify} --named {input.named}"

@@ -17,13 +17,15 @@ LM_FIGURES = [
 if config["evals"]["enabled"]:
     # Benchmark scores against L_f and refusal rate against N, from the evaluation columns of runs.csv.
     _eval_figures = (["task_scores_vs_forgetting"] if config["evals"]["tasks"] else []) + (
-        ["refusal_vs_steps"] if config["evals"]["safety"]["enabled"] else [])
+        ["refusal_vs_steps"] if config["evals"]["safety"]["enabled"] else []
+    )
     LM_FIGURES += [
-        f"{FIGURES}/{name}_{MODEL}_{d}.{ext}" for name in _eval_figures for d in LM_DATASETS for ext in ("pdf", "png")
+        f"{FIGURES}/{name}_{MODEL}_{d}.{ext}"
+        for name in _eval_figures
+        for d in LM_DATASETS
+        for ext in ("pdf", "png")
     ]
-LM_TABLES = [
-    f"{TABLES}/{t}.tex" for t in ("linear_law", "power_laws", "gradient_norms", "early_stopping")
-]
+LM_TABLES = [f"{TABLES}/{t}.tex" for t in ("linear_law", "power_laws", "gradient_norms", "early_stopping")]
 
 ALL_TARGETS.extend([*LM_FIGURES, *LM_TABLES, f"{RESULTS}/numbers.tex"])
 
@@ -37,52 +39,47 @@ LM_REPORT_CATEGORIES = {
 }
 
 
-def lm_report(path):
-    name = Path(path).name
-    if not name.endswith(".png"):
-        return path
-    for stem, category in LM_REPORT_CATEGORIES.items():
-        if name.startswith(stem):
-            return report(path, caption=f"../report/{stem}.rst", category=category)
-    return report(path, caption="../report/lm_figure.rst", category="Forgetting laws")
-
-
 rule fit_laws:
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
     output:
         fits=report(f"{LAWS}/fits.csv", caption="../report/laws_fits.rst", category="Forgetting laws"),
-        early=report(f"{LAWS}/early_stopping.csv", caption="../report/early_stopping.rst", category="Forgetting laws"),
-        gradnorm=report(f"{LAWS}/gradnorm_spread.csv", caption="../report/gradnorm_spread.rst", category="rsLoRA"),
+        early=report(
+            f"{LAWS}/early_stopping.csv", caption="../report/early_stopping.rst", category="Forgetting laws"
+        ),
+        gradnorm=report(
+            f"{LAWS}/gradnorm_spread.csv", caption="../report/gradnorm_spread.rst", category="rsLoRA"
+        ),
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint("laws"),
     log:
         "logs/laws/fit_laws.log",
     conda:
         "../../envs/laws.yaml"
     resources:
         **resources_for("laws"),
+    params:
+        laws=folder("output", "fits"),
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint("laws"),
     shell:
         "repro laws fit --configfile {params.config} --runs {input.runs} --steps {input.steps}"
-        " --out {LAWS} > {log} 2>&1"
+        " --out {params.laws} > {log} 2>&1"
 
 
 rule rank_stability:
     output:
         moments=f"{LAWS}/rank_stability.csv",
         slopes=f"{LAWS}/rank_stability_slopes.csv",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(config["laws"]["rank_stability"]),
     log:
         "logs/laws/rank_stability.log",
     conda:
         "../../envs/laws.yaml"
     resources:
         **resources_for("laws"),
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(config["laws"]["rank_stability"]),
     shell:
         "repro laws rank-stability --configfile {params.config} --out {output.moments}"
         " --slopes-out {output.slopes} > {log} 2>&1"
@@ -102,9 +99,12 @@ rule figures:
         "../../envs/report.yaml"
     resources:
         **resources_for("light"),
+    params:
+        laws=folder("input", "fits"),
+        figures=folder("output", 0),
     shell:
-        "repro report figures --runs {input.runs} --steps {input.steps} --laws-dir {LAWS}"
-        " --rank-stability {input.stability} --out {FIGURES} > {log} 2>&1"
+        "repro report figures --runs {input.runs} --steps {input.steps} --laws-dir {params.laws}"
+        " --rank-stability {input.stability} --out {params.figures} > {log} 2>&1"
 
 
 rule tables:
@@ -120,8 +120,11 @@ rule tables:
         "../../envs/report.yaml"
     resources:
         **resources_for("light"),
+    params:
+        laws=folder("input", "fits"),
+        tables=folder("output", 0),
     shell:
-        "repro report tables --laws-dir {LAWS} --out {TABLES} > {log} 2>&1"
+        "repro report tables --laws-dir {params.laws} --out {params.tables} > {log} 2>&1"
 
 
 rule numbers:
@@ -138,6 +141,8 @@ rule numbers:
         "../../envs/report.yaml"
     resources:
         **resources_for("light"),
+    params:
+        laws=folder("input", "fits"),
     shell:
-        "repro report numbers --runs {input.runs} --laws-dir {LAWS}"
+        "repro report numbers --runs {input.runs} --laws-dir {params.laws}"
         " --rank-stability-slopes {input.slopes} --out {output} > {log} 2>&1"

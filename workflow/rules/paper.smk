@@ -30,7 +30,8 @@ TEB_PAPER_TABLES = list(globals().get("TEB_TABLES", []))
 
 
 PAPER_SOURCES = sorted(
-    p for p in glob.glob("paper/**/*", recursive=True)
+    p
+    for p in glob.glob("paper/**/*", recursive=True)
     if p.endswith((".tex", ".bib", ".sty", ".bst", ".cls")) and not p.startswith("paper/build/")
 )
 
@@ -40,14 +41,15 @@ rule paper_setup:
         RESOLVED_CONFIG,
     output:
         PAPER_SETUP,
-    params:
-        source=", ".join(os.path.relpath(f) for f in map(str, workflow.overwrite_configfiles)) or "config.yaml",
     log:
         "logs/paper/setup.log",
     conda:
         "../../envs/report.yaml"
     resources:
         **resources_for("light"),
+    params:
+        source=", ".join(os.path.relpath(f) for f in map(str, workflow.overwrite_configfiles))
+        or "config.yaml",
     shell:
         "repro paper setup-macros --configfile {input} --config-source '{params.source}' --out {output} > {log} 2>&1"
 
@@ -57,18 +59,19 @@ if TEB_PAPER_FIGURES or TEB_PAPER_TABLES:
     rule paper_teb_inventory:
         output:
             TEB_INVENTORY,
-        params:
-            # Each caption names the rule that made the figure.
-            figures=" ".join(
-                f + "=" + next((r.name for r in workflow.rules if r.is_producer(f)), "?") for f in TEB_PAPER_FIGURES
-            ),
-            tables=" ".join(TEB_PAPER_TABLES),
         log:
             "logs/paper/teb_inventory.log",
         conda:
             "../../envs/report.yaml"
         resources:
             **resources_for("light"),
+        params:
+            # Each caption names the rule that made the figure.
+            figures=" ".join(
+                f"{f}={next((r.name for r in workflow.rules if r.is_producer(f)), '?')}"
+                for f in TEB_PAPER_FIGURES
+            ),
+            tables=" ".join(TEB_PAPER_TABLES),
         shell:
             "repro paper inventory --out {output} --figures {params.figures} --tables {params.tables} > {log} 2>&1"
 
@@ -80,14 +83,14 @@ rule provenance_collect:
         json=PROVENANCE,
         macros=PROVENANCE_MACROS,
         table=PROVENANCE_TABLE,
-    params:
-        roots=[RESULTS, RESOURCES],
     log:
         "logs/paper/provenance.log",
     conda:
         "../../envs/report.yaml"
     resources:
         **resources_for("light"),
+    params:
+        roots=[RESULTS, RESOURCES],
     shell:
         "repro provenance collect --out {output.json} --tex-macros {output.macros} --tex-table {output.table}"
         " {params.roots} > {log} 2>&1"

@@ -18,33 +18,23 @@ TEB_TABLES = [f"{RESULTS}/tables/teb_{name}.tex" for name in ("tasks", "te_sweep
 ALL_TARGETS.extend([*TEB_FIGURES, *TEB_TABLES, f"{TEB_DIR}/numbers.tex"])
 
 
-def teb_run_dir(task, variant, beta, seed):
-    return f"{TEB_DIR}/models/{task}/{variant}/beta{beta}/seed{seed}"
-
-
-def teb_task_runs(wildcards):
-    return [
-        f"{teb_run_dir(wildcards.task, v, b, wildcards.seed)}/summary.json"
-        for v, b in task_runs(TEB, wildcards.task)
-    ]
-
-
 rule teb_data:
     output:
         data=f"{TEB_DIR}/data/{{task}}/data.pt",
         manifest=f"{TEB_DIR}/data/{{task}}/manifest.json",
     log:
         "logs/teb/data/{task}.log",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["tasks"], TEB["data_seed"]),
     conda:
         "../../envs/teb.yaml"
     resources:
         **resources_for("teb"),
+    params:
+        out=folder("output", "manifest"),
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["tasks"], TEB["data_seed"]),
     shell:
         "repro teb data --configfile {params.config} --task {wildcards.task}"
-        " --out {TEB_DIR}/data/{wildcards.task} > {log} 2>&1"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule teb_target:
@@ -55,15 +45,15 @@ rule teb_target:
         summary=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
     log:
         "logs/teb/target/{task}_seed{seed}.log",
+    conda:
+        "../../envs/teb.yaml"
     threads: TEB["threads"]
+    resources:
+        **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
         fingerprint=fingerprint(TEB["model"], TEB["train"], TEB["device"]),
         out=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
-    conda:
-        "../../envs/teb.yaml"
-    resources:
-        **resources_for("teb"),
     shell:
         "repro teb train --configfile {params.config} --task {wildcards.task} --data {input}"
         " --variant target --seed {wildcards.seed} --no-progress --out {params.out} > {log} 2>&1"
@@ -82,16 +72,16 @@ rule teb_train:
         task=r"[A-Za-z0-9][A-Za-z0-9._-]*",
         variant=r"teb|teb0|deterministic|joint",
         beta=r"none|[0-9.e+-]+",
+    conda:
+        "../../envs/teb.yaml"
     threads: TEB["threads"]
+    resources:
+        **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
         fingerprint=fingerprint(TEB["model"], TEB["train"], TEB["device"]),
         out=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}",
-        target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
-    conda:
-        "../../envs/teb.yaml"
-    resources:
-        **resources_for("teb"),
+        target=lambda wildcards, input: str(Path(input.target).parent),
     shell:
         "repro teb train --configfile {params.config} --task {wildcards.task} --data {input.data}"
         " --variant {wildcards.variant} --beta {wildcards.beta} --seed {wildcards.seed}"
@@ -107,16 +97,16 @@ rule teb_eval:
         f"{TEB_DIR}/evals/{{task}}/seed{{seed}}.csv",
     log:
         "logs/teb/eval/{task}_seed{seed}.log",
+    conda:
+        "../../envs/teb.yaml"
     threads: TEB["threads"]
+    resources:
+        **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
         fingerprint=fingerprint(TEB["train"]["eval_samples"]),
-        target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
+        target=lambda wildcards, input: str(Path(input.target).parent),
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input.runs),
-    conda:
-        "../../envs/teb.yaml"
-    resources:
-        **resources_for("teb"),
     shell:
         "repro teb eval --configfile {params.config} --task {wildcards.task} --data {input.data}"
         " --target {params.target} --seed {wildcards.seed} --out {output} {params.runs} > {log} 2>&1"
@@ -130,13 +120,13 @@ rule teb_estimators:
         f"{TEB_DIR}/estimators/{{task}}.csv",
     log:
         "logs/teb/estimators/{task}.log",
-    params:
-        config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["estimators"]),
     conda:
         "../../envs/teb.yaml"
     resources:
         **resources_for("teb"),
+    params:
+        config=RESOLVED_CONFIG,
+        fingerprint=fingerprint(TEB["estimators"]),
     shell:
         "repro teb estimators --configfile {params.config} --task {wildcards.task} --data {input.data}"
         " --manifest {input.manifest} --out {output} > {log} 2>&1"
@@ -158,9 +148,11 @@ rule teb_aggregate:
         "../../envs/teb.yaml"
     resources:
         **resources_for("light"),
+    params:
+        teb_dir=folder("output", "evals"),
     shell:
         "repro teb aggregate --evals {input.evals} --estimators {input.estimators}"
-        " --manifests {input.manifests} --out-dir {TEB_DIR} > {log} 2>&1"
+        " --manifests {input.manifests} --out-dir {params.teb_dir} > {log} 2>&1"
 
 
 rule teb_figures:
@@ -185,8 +177,11 @@ rule teb_figures:
         "../../envs/teb.yaml"
     resources:
         **resources_for("light"),
+    params:
+        figures=folder("output", 0),
+        teb_dir=folder("input", 0),
     shell:
-        "repro teb figures --teb-dir {TEB_DIR} --out {RESULTS}/figures > {log} 2>&1"
+        "repro teb figures --teb-dir {params.teb_dir} --out {params.figures} > {log} 2>&1"
 
 
 rule teb_tables:
@@ -201,8 +196,11 @@ rule teb_tables:
         "../../envs/teb.yaml"
     resources:
         **resources_for("light"),
+    params:
+        tables=folder("output", 0),
+        teb_dir=folder("input", 0),
     shell:
-        "repro teb tables --teb-dir {TEB_DIR} --out {RESULTS}/tables > {log} 2>&1"
+        "repro teb tables --teb-dir {params.teb_dir} --out {params.tables} > {log} 2>&1"
 
 
 rule teb_numbers:
@@ -218,5 +216,7 @@ rule teb_numbers:
         "../../envs/teb.yaml"
     resources:
         **resources_for("light"),
+    params:
+        teb_dir=folder("input", 0),
     shell:
-        "repro teb numbers --teb-dir {TEB_DIR} --out {output} > {log} 2>&1"
+        "repro teb numbers --teb-dir {params.teb_dir} --out {output} > {log} 2>&1"

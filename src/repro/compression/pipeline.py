@@ -48,6 +48,7 @@ from .schemes import (
 )
 from .verify import verify_scheme
 
+
 # --- configuration ------------------------------------------------------------------------------------
 def compression_config(configfile: str | Path | None = None) -> dict:
     """The validated ``compression:`` section of a pipeline config, or its defaults without one."""

@@ -113,7 +113,7 @@ def representation_map_cnf(C: ConceptClass, k: int | None = None, bijective: boo
     for c in C.concepts:
         clauses += _exactly_one([y[c, A] for A in cand[c]], pool)
     users: dict[int, list[int]] = {A: [] for A in subsets}
-    for (c, A), v in y.items():
+    for (_c, A), v in y.items():
         users[A].append(v)
     for A in subsets:
         clauses += _exactly_one(users[A], pool) if bijective else _at_most_one(users[A], pool)

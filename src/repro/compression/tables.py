@@ -92,7 +92,7 @@ def schemes_table(summaries: list[dict], verified: dict[str, dict]) -> pd.DataFr
         classes = any_summary["classes"]
         st = any_summary["class_stats"]
 
-        def frac(name):
+        def frac(name, cons=cons):
             c = cons.get(name)
             return f"{c['produced']}/{c['attempted']}" if c else "-"
 
@@ -155,7 +155,7 @@ def compactness_table(comp: dict) -> pd.DataFrame:
         else:
             levels = extendable = threads = "-"
         rmr = c.get("representation_map_restrictions")
-        for i, k in enumerate(c["chains"]):
+        for k in c["chains"]:
             res = k.get("restrictions", {})
             first = k.get("order_seed") == c["chains"][0].get("order_seed")
             dead = k.get("dead_ends", [])

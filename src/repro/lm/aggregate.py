@@ -97,6 +97,9 @@ def aggregate(summaries: list[Path], out_csv: Path, steps_csv: Path | None = Non
     table = pd.concat([run_table(Path(s), with_tasks=with_tasks) for s in summaries], ignore_index=True)
     if tasks_base is not None:
         table = join_base_tasks(table, tasks_base)
+    # Wall times of the evaluation jobs stay in their own tables: the tidy table holds only results,
+    # so the same seed gives the same table on any machine or scheduler.
+    table = table.drop(columns=[c for c in table.columns if c.startswith("evals_seconds")])
     first = REQUIRED_COLUMNS + [c for c in ("train_loss", "grad_norm_global", "scaling", "alpha") if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
     table = table.sort_values(["model", "dataset", "method", "rank", "lr", "seed", "step"]).reset_index(drop=True)

@@ -173,7 +173,6 @@ def causal_lm_loss(model, input_ids, attention_mask, labels, fast: bool):
     fast=True runs the decoder, then the output layer only at supervised positions: the same loss as
     the full logits path, without the vocabulary-sized matmul and softmax over prompt and padding.
     """
-    import torch
     import torch.nn.functional as F
 
     targets = labels[:, 1:]

@@ -182,6 +182,7 @@ def _fetch_hf(model_cfg: dict, out: Path) -> dict:
 def build_tiny_tokenizer(vocab_size: int):
     """A byte-level BPE tokenizer trained on the pydoc topics text shipped with CPython."""
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
