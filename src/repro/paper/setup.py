@@ -14,16 +14,9 @@ from pathlib import Path
 
 from ..config import config_hash
 from ..report.numbers import macro_name
+from ..report.tables import tex_escape
 
 PREFIX = "Cfg"
-
-
-def tex_escape(s) -> str:
-    s = str(s).replace("\\", "\0")
-    for a, b in (("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"),
-                 ("}", r"\}"), ("^", r"\^{}"), ("~", r"\~{}")):
-        s = s.replace(a, b)
-    return s.replace("\0", r"\textbackslash{}")
 
 
 def fmt_value(value) -> str:

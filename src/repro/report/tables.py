@@ -30,8 +30,13 @@ def to_latex(df: pd.DataFrame, path: Path, caption: str, label: str) -> Path:
     return path
 
 
-def _escape(s: str) -> str:
-    return str(s).replace("_", r"\_").replace("%", r"\%").replace("^", r"\^{}")
+def tex_escape(s) -> str:
+    """Text safe inside LaTeX: the ten special characters escaped, backslash first."""
+    s = str(s).replace("\\", "\0")
+    for a, b in (("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"),
+                 ("}", r"\}"), ("^", r"\^{}"), ("~", r"\~{}")):
+        s = s.replace(a, b)
+    return s.replace("\0", r"\textbackslash{}")
 
 
 def linear_table(fits: list[dict]) -> pd.DataFrame:
@@ -41,14 +46,14 @@ def linear_table(fits: list[dict]) -> pd.DataFrame:
             continue
         ok = f.get("status") == "ok"
         rows.append({
-            "dataset": _escape(f["dataset"]),
+            "dataset": tex_escape(f["dataset"]),
             "method": f["method"],
             "$n$": f["n"],
             "$a$": with_ci(f["params"]["a"], f["ci95"]["a"]) if ok else "--",
             "$b$": with_ci(f["params"]["b"], f["ci95"]["b"]) if ok else "--",
             "$R^2$": fmt(f.get("r2")),
             "$p(b>0)$": fmt(f.get("p_value_b_positive"), 2),
-            "claim": f.get("claim_b_positive", _escape(f["status"])),
+            "claim": f.get("claim_b_positive", tex_escape(f["status"])),
         })
     return pd.DataFrame(rows)
 
@@ -62,12 +67,12 @@ def power_table(fits: list[dict]) -> pd.DataFrame:
         p, ci = f.get("params") or {}, f.get("ci95") or {}
         rows.append({
             "method": f["method"],
-            "target": {"loss_forget": "$L_f$", "loss_ft": "$L_{ft}$"}.get(f["target"], _escape(f["target"])),
+            "target": {"loss_forget": "$L_f$", "loss_ft": "$L_{ft}$"}.get(f["target"], tex_escape(f["target"])),
             "family": f["family"] + (" $\\star$" if f.get("chosen") else ""),
             "$\\alpha$": with_ci(p.get("alpha"), ci.get("alpha")) if ok else "--",
             "$\\beta$": with_ci(p.get("beta"), ci.get("beta")) if ok else "--",
             "$E$": with_ci(p.get("E"), ci.get("E")) if ok else "--",
-            "AIC": fmt(f.get("aic"), 4) if ok else _escape(f["status"]),
+            "AIC": fmt(f.get("aic"), 4) if ok else tex_escape(f["status"]),
             "$R^2$": fmt(f.get("r2")),
             "extrap. RMSE": fmt(f.get("extrapolation_rmse"), 2),
         })
@@ -76,7 +81,7 @@ def power_table(fits: list[dict]) -> pd.DataFrame:
 
 def gradnorm_table(spread: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "dataset": spread["dataset"].map(_escape),
+        "dataset": spread["dataset"].map(tex_escape),
         "method": spread["method"],
         "ranks": spread["ranks"],
         "max/min mean grad norm": spread["ratio_max_min"].map(fmt),
