@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,20 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _workspace(tmp_path: Path) -> Path:
-    """The repo's Snakefile with only common.smk and compression.smk included (just this branch)."""
-    # envs/ too: Snakemake records each rule's conda env file in its metadata even without --use-conda.
-    for folder in ("workflow", "presets", "envs"):
-        shutil.copytree(REPO / folder, tmp_path / folder)
-    shutil.copy2(REPO / "config.yaml", tmp_path / "config.yaml")
-    text = (REPO / "Snakefile").read_text()
-    text = re.sub(r'^include: "workflow/rules/(?!common\.smk)[^"]+"\n', "", text, flags=re.M)
-    text = text.replace('include: "workflow/rules/common.smk"\n',
-                        'include: "workflow/rules/common.smk"\ninclude: "workflow/rules/compression.smk"\n')
-    (tmp_path / "Snakefile").write_text(text)
-    return tmp_path
-
-
 def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
@@ -40,10 +24,9 @@ def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_test_preset_builds_the_compression_tables(tmp_path):
-    ws = _workspace(tmp_path)
-    proc = _snakemake(ws, "--cores", "2", "--configfile", "presets/test.yaml")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_test_preset_builds_the_compression_tables(test_preset_run):
+    # The shared end-to-end run of the whole test preset (its compression branch included).
+    ws = test_preset_run
     tables = ws / "results/compression/tables"
     for name in ("counts", "counts_matrix", "schemes", "named", "existence", "compactness", "timings"):
         assert (tables / f"{name}.csv").exists() and (tables / f"{name}.tex").read_text().count("\\toprule") == 1
