@@ -30,25 +30,48 @@ def cmd_fit(args) -> int:
 
 
 def cmd_rank_stability(args) -> int:
-    from .rank_stability import fitted_slopes, simulate
+    import sys
 
-    cfg = load_config(args.configfile)["laws"]["rank_stability"]
-    frames = []
-    for optimizer in cfg["optimizers"]:
-        df = simulate(ranks=cfg["ranks"], d_in=cfg["d_in"], d_out=cfg["d_out"], alpha=cfg["alpha"],
-                      steps=tuple(cfg["steps"]), lr=cfg["lr"], n_init_seeds=cfg["seeds"], optimizer=optimizer)
-        frames.append(df.assign(optimizer=optimizer))
     import pandas as pd
 
-    moments = pd.concat(frames, ignore_index=True)
+    from ..config import ConfigError
+    from .rank_stability import aggregate, fitted_slopes, simulate
+
+    cfg = load_config(args.configfile)["laws"]["rank_stability"]
+    primary = cfg["primary_optimizer"]
+    if primary not in cfg["optimizers"]:
+        raise ConfigError(f"key 'laws.rank_stability.primary_optimizer': {primary!r} is not one of "
+                          f"laws.rank_stability.optimizers {cfg['optimizers']}")
+    if max(cfg["ranks"]) > cfg["d_in"] // 2:
+        # The closed forms and the paper's regime assume near-orthogonal rows of A, i.e. r well below d_in.
+        print(f"warning: ranks up to {max(cfg['ranks'])} exceed d_in/2 = {cfg['d_in'] // 2}; "
+              "the fit leaves the r << d_in regime", file=sys.stderr)
+    optimizers = [primary] + [o for o in cfg["optimizers"] if o != primary]
+    per_seed = pd.concat(
+        [simulate(ranks=cfg["ranks"], d_in=cfg["d_in"], d_out=cfg["d_out"], alpha=cfg["alpha"],
+                  steps=tuple(cfg["steps"]), lr=cfg["lr"], n_inputs=cfg["n_inputs"], n_init_seeds=cfg["seeds"],
+                  optimizer=o, seed=cfg["seed"], per_seed=True) for o in optimizers],
+        ignore_index=True,
+    )
+    moments = aggregate(per_seed)
+    moments.insert(1, "optimizer_role", ["primary" if o == primary else "contrast" for o in moments["optimizer"]])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     moments.to_csv(out, index=False)
-    slopes = pd.concat(
-        [fitted_slopes(g).assign(optimizer=o) for o, g in moments.groupby("optimizer")], ignore_index=True
-    )
+    slopes = fitted_slopes(per_seed, primary_optimizer=primary, flat_tolerance=cfg["flat_tolerance"])
+    Path(args.slopes_out).parent.mkdir(parents=True, exist_ok=True)
     slopes.to_csv(args.slopes_out, index=False)
-    print(slopes.to_string(index=False))
+    last = slopes[slopes["step"] == slopes["step"].max()]
+    cols = ["optimizer", "scaling", "measure", "slope", "slope_low", "slope_high", "expected_slope",
+            "paper_claim", "verdict"]
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(f"primary ({primary}), step {int(last['step'].iloc[0])}, 95 % jackknife intervals over "
+              f"{cfg['seeds']} init seeds:")
+        print(last[last["primary"]][cols].to_string(index=False))
+        contrast = last[~last["primary"]
+                        & last["measure"].isin(["output_moment", "param_grad_norm", "output_moment_meanfield"])]
+        print("contrast:")
+        print(contrast[cols].to_string(index=False))
     return 0
 
 

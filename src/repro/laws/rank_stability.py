@@ -1,60 +1,79 @@
 """Rank stability of LoRA adapters under the scaling factor gamma_r (rsLoRA, arXiv 2312.03732, Thm 3.2).
 
-A LoRA adapter computes y = gamma_r * B A x with A in R^{r x d_in}, B in R^{d_out x r}, B = 0 at init and A
-drawn as peft does (``kaiming_uniform_(a=sqrt(5))``: U(-1/sqrt(d_in), 1/sqrt(d_in)), variance
-sigma_A = 1/(3 d_in), independent of r). Three rules are compared: gamma_r = alpha/r (LoRA),
-alpha/sqrt(r) (rsLoRA) and alpha (constant).
+The claim checked. A LoRA adapter computes y = gamma_r B A x with A in R^{r x d_in}, B in R^{d_out x r}, B = 0
+at init and A with an r-independent variance. Thm 3.2: in expectation over the init, the adapter's
+activations and the gradients it back-propagates neither explode nor collapse as r grows (Theta_r(1))
+if and only if gamma_r in Theta(1/sqrt r); the paper's experiments (Llama 2 7B, AdamW) show the same as
+gradient norms of the adapter parameters that collapse with r under alpha/r and stay of one order of
+magnitude under alpha/sqrt r (its Fig. 3; SGD in its appendix). Three rules are compared: gamma_r = alpha/r
+(LoRA), alpha/sqrt r (rsLoRA) and alpha (constant). The paper predicts collapse / flat / explode.
 
-:func:`simulate` trains one such adapter per (rank, rule, init seed) for a few optimiser steps on the linear
-loss L = sum(y * G) / n_inputs, whose gradient with respect to the adapter output is the fixed matrix
-G / n_inputs (G iid N(0, 1)), and then measures on fresh N(0, 1) inputs x and fresh N(0, 1) output
-gradients g
+The setting. One adapter layer per (rank, rule, init seed), float64, A drawn as peft draws it
+(``kaiming_uniform_(a=sqrt(5))``: U(+-1/sqrt(d_in)), variance sigma = 1/(3 d_in)), trained for a few
+steps on the linear loss L = sum(y * G) / n_inputs (X: n_inputs x d_in and G: n_inputs x d_out, iid
+N(0, 1), shared by all seeds, ranks and rules), whose gradient with respect to the adapter output is the
+Theta(1) matrix G / n_inputs; dL/dW = M = G^T X / n_inputs for the effective weight W = gamma_r B A. The
+primary optimiser is Adam (betas 0.9/0.999, eps 1e-8, bias-corrected, as the paper trains); plain SGD is
+kept as a contrast. Ranks stay well below d_in (default d_in = d_out = 512, r = 1..256): for r >~ d_in the
+rows of A can no longer be near-orthogonal and a different regime starts (see the SGD forms below).
 
-* ``output_moment``: mean squared entry of y = gamma_r B A x, and
-* ``input_grad_moment``: mean squared entry of the per-example input gradient g^T (gamma_r B A), i.e. the
-  output gradient back-propagated through the adapter (the gradient of the loss y . g of one example),
+The measures, per adapter after n steps (exact expectations over fresh inputs, no Monte Carlo):
 
-each averaged over init seeds (``*_se``: standard error over seeds). At step 0 both are exactly 0 because
-B = 0; step 0 is recorded anyway.
+* ``output_moment``: mean squared entry of y = W x for x with iid unit-variance entries, ||W||_F^2 / d_out;
+* ``input_grad_moment``: mean squared entry of the gradient g^T W that the adapter passes to its input for
+  an output gradient g with iid unit-variance entries, ||W||_F^2 / d_in (so for one linear adapter both are
+  the same number up to d_out / d_in and have the same slope in r);
+* ``param_grad_norm``: the training-loss gradient norm of the adapter's parameters, the mean over the two
+  tensors of ||dL/dA||_F and ||dL/dB||_F (the quantity of the paper's Fig. 3, defined as the fine-tuning
+  runs of this pipeline log it); recorded at step 0 too, where dL/dA = 0;
+* ``*_meanfield`` (contrast only): ||E_A W||_F^2 / d, the second moment of the init-*averaged* adapter,
+  estimated without bias by the U-statistic over pairs of init seeds. Under SGD this is what the proof of
+  Thm 3.2 tracks, and it is flat for alpha/sqrt r by linearity of expectation alone (E[A^T A] = r sigma I),
+  whatever one trained adapter does; it says nothing about a single adapter.
 
-Two different "moments" must be told apart (both are returned):
+The first three are *typical* quantities, E_A of a per-adapter number, i.e. what one fine-tuned adapter
+does; they are the primary reported quantities. Each row also carries ``*_expected``: the leading-order
+closed form below, evaluated on the same data.
 
-* the *typical* moment E_A[E_x y^2] (columns ``output_moment``, ``input_grad_moment``): what one trained
-  adapter does, averaged over inits;
-* the *mean-field* moment E_x[(E_A y)^2] (columns ``*_meanfield``): the second moment of the adapter
-  averaged over the init first, which is what the proof of Thm 3.2 tracks when it replaces A^T A by
-  E[A^T A] = r sigma_A I. It is estimated without bias by the U-statistic over pairs of init seeds that share
-  the training data and the evaluation inputs (mean over seed pairs s != t of y_s * y_t), so it is noisy
-  where the init fluctuation dominates (small r), and can even come out negative there.
+Closed forms (n steps in the linear regime, A ~ A_0; F = ||M||_F^2; S = sign(M A_0^T)):
 
-For plain SGD the first step gives exactly W_1 = gamma_r B_1 A = -lr gamma_r^2 M A^T A with
-M = G^T X / n_inputs, and with E[(A^T A)^2] = r sigma_A^2 (r + d_in - 1/5) I (uniform entries)
+SGD. B_n = -n lr gamma M A^T, W_n = -n lr gamma^2 M A^T A, and E[(A^T A)^2] = r sigma^2 (r + d_in - 1/5) I
+(uniform entries), so
 
-    typical    E_A ||W_1||_F^2   = lr^2 gamma_r^4 sigma_A^2 r (r + d_in - 0.2) ||M||_F^2,
-    mean-field ||E_A W_1||_F^2   = lr^2 gamma_r^4 sigma_A^2 r^2 ||M||_F^2,
+    typical    E_A ||W_n||_F^2 = n^2 lr^2 gamma^4 sigma^2 r (r + d_in - 0.2) F,
+    mean-field ||E_A W_n||_F^2 = n^2 lr^2 gamma^4 sigma^2 r^2 F,
 
-(mean squared output = ||W||_F^2 / d_out, mean squared input gradient = ||W||_F^2 / d_in); later steps add
-n-fold copies of the same term plus corrections of relative size O(n lr^2 gamma_r^2 ||M||^2), negligible here.
-Hence for SGD:
+with slopes of log(moment) vs log r of -3 / -1 / +1 (typical, r << d_in; -2 / 0 / +2 only for r >> d_in)
+and -2 / 0 / +2 (mean-field) for LoRA / rsLoRA / constant. A single rsLoRA adapter trained by SGD from
+this init therefore collapses like 1/r at r << d_in: A^T A is then ~ d_in sigma times a rank-r projection,
+not r sigma I. Under SGD only the mean-field moment is flat for rsLoRA.
 
-* mean-field second moments scale as (gamma_r^2 r)^2: slopes of log(moment) vs log(r) are -2 (LoRA),
-  0 (rsLoRA), +2 (constant), i.e. magnitudes (root mean squares) scale as r^-1, r^0, r^+1, as in the paper;
-* typical second moments carry the extra factor (r + d_in)/r: for r << d_in the slopes are -3, -1, +1 and
-  only for r >~ d_in do they approach -2, 0, +2. So a single rsLoRA adapter trained by SGD from this init is
-  rank-stable in the sense of the paper only for r >~ d_in; at r << d_in its update's Frobenius norm
-  falls like r^{-1/2} (A^T A is then ~ d_in sigma_A times a rank-r projection, not r sigma_A I).
+Adam. With B = 0 the gradient of A is 0 at step 1 and the gradient of B, gamma M A^T, stays nearly constant
+over a few steps, so each bias-corrected Adam step moves B by lr sign(gradient), independently of gamma_r:
+B_n = -n lr S and W_n = -n lr gamma S A. Since E_a[sign(m . a) a] = sqrt(2 sigma / pi) m / ||m||,
 
-For Adam (betas 0.9/0.999, eps 1e-8, bias-corrected; A gets no update at step 1 because its gradient is 0
-while B = 0) the first update of B is -lr sign(gamma_r M A^T), whose size does not depend on gamma_r, so
-W_1 = -lr gamma_r sign(M A^T) A and moments scale as gamma_r^2 r (typical, r << d_in) and gamma_r^2 r^2
-(mean-field). Observed on the default setting (d_in = d_out = 256, ranks 1..2048, step 4), not asserted:
-typical slopes -0.94 / +0.06 / +1.06 (LoRA / rsLoRA / constant) over r = 1..128 and -0.34 / +0.66 / +1.66
-over r = 256..2048 (fit over all ranks: -0.78 / +0.22 / +1.22); mean-field slopes -0.06 / +0.94 / +1.94,
-i.e. under Adam the mean-field moment is flat for LoRA, not for rsLoRA, while the typical moment is about
-flat for rsLoRA at r << d_in. The derivation above follows SGD; this Adam behaviour lies outside it.
+    typical    E_A ||W_n||_F^2 = n^2 lr^2 gamma^2 sigma d_out r (d_in + (2/pi)(r - 1)),
+    mean-field ||E_A W_n||_F^2 = n^2 lr^2 gamma^2 (2 sigma / pi) d_out r^2,
 
-:func:`fitted_slopes` gives the least-squares slope of log(moment) against log(r) per rule and step.
-:func:`plot_rank_stability` draws both moments against r.
+so at r << d_in the typical slopes are -1 / 0 / +1: Adam removes one factor gamma_r^2 r from the SGD update
+and a single rsLoRA adapter is rank-stable, as the paper's Adam experiments show, while LoRA's collapses like
+1/r and the constant rule's explodes like r. (The Adam mean-field moment, 0 / +1 / +2, is flat for LoRA,
+not for rsLoRA.) The (2/pi)(r - 1)/d_in term tilts the fitted slope up by about +0.05 at r <= d_in / 2.
+Observed, not asserted (d_in = 256, r = 1..128, lr 1e-3): as A itself moves, rsLoRA's typical slope drifts
+from +0.05 at step 4 to +0.09 at step 16 and +0.17 at step 64, LoRA's from -0.95 to -0.83; the gradient-norm
+slopes stay at -0.50 / 0.00 / +0.50.
+
+Gradient norms (both optimisers). ||dL/dB||_F = gamma ||M A^T||_F ~ gamma sqrt(r sigma F), and
+||dL/dA||_F = gamma ||B_n^T M||_F ~ n lr gamma^2 sqrt(r sigma) ||M^T M||_F (SGD) or
+n lr gamma sqrt(r K) (Adam, K = E_a ||M^T sign(M a)||^2 = sum_ij (2/pi) arcsin(rho_ij) (M M^T)_ij, rho the
+cosine of rows i and j of M), so the norm scales like gamma_r sqrt(r): slopes -1/2 / 0 / +1/2 (SGD adds a
+small gamma_r^2 sqrt(r) term from dL/dA).
+
+:func:`simulate` runs the adapters; ``per_seed=True`` keeps one row per init seed, which
+:func:`fitted_slopes` needs for its intervals (delete-one-seed jackknife of the log-log least-squares slope,
+t quantile with S - 1 degrees of freedom; conditional on the one draw of X and G). :func:`aggregate` averages
+over seeds. :func:`fitted_slopes` also gives the closed-form slope on the same ranks, the paper's claim for
+the rule and the verdict read from the interval. :func:`plot_rank_stability` draws one optimiser.
 """
 
 from __future__ import annotations
@@ -67,7 +86,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-DEFAULT_RANKS = tuple(2**k for k in range(12))  # 1 .. 2048
+DEFAULT_RANKS = tuple(2**k for k in range(9))  # 1 .. 256 = d_in / 2
+DEFAULT_D = 512
 SCALING_RULES = ("lora", "rslora", "constant")
 SCALING_LABEL = {
     "lora": r"$\gamma_r=\alpha/r$ (LoRA)",
@@ -76,7 +96,16 @@ SCALING_LABEL = {
 }
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442", "#000000"]
 SCALING_COLOUR = {"lora": OKABE_ITO[0], "rslora": OKABE_ITO[1], "constant": OKABE_ITO[3]}
-MEASURES = ("output_moment", "input_grad_moment", "output_moment_meanfield", "input_grad_moment_meanfield")
+OPTIMIZERS = ("adam", "sgd")
+PRIMARY_OPTIMIZER = "adam"
+PRIMARY_MEASURES = ("output_moment", "input_grad_moment", "param_grad_norm")
+MEANFIELD_MEASURES = ("output_moment_meanfield", "input_grad_moment_meanfield")
+MEASURES = PRIMARY_MEASURES + MEANFIELD_MEASURES
+# Power of the adapter's scale in each measure: slopes of a norm are half those of a mean square, and so is
+# the band called flat.
+MOMENT_ORDER = {**{m: 2 for m in MEASURES}, "param_grad_norm": 1}
+PAPER_CLAIM = {"lora": "collapse", "rslora": "flat", "constant": "explode"}
+FLAT_TOLERANCE = 0.25
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -106,65 +135,88 @@ def init_lora_A(r: int, d_in: int, generator: torch.Generator) -> torch.Tensor:
     return A
 
 
-def _moments(W: torch.Tensor, x_eval: torch.Tensor, g_eval: torch.Tensor) -> dict[str, np.ndarray | float]:
-    """Per-seed mean squares of y = x W^T and of g W, and their unbiased cross-seed (mean-field) versions."""
-    S = W.shape[0]
-    y = torch.matmul(x_eval, W.transpose(1, 2))  # (S, N, d_out)
-    gx = torch.matmul(g_eval, W)  # (S, N, d_in)
-    out = {}
-    for name, v in (("output_moment", y), ("input_grad_moment", gx)):
-        per_seed = v.pow(2).mean(dim=(1, 2))
-        out[name] = per_seed.numpy()
-        if S > 1:  # mean over ordered pairs s != t of y_s * y_t
-            cross = (v.sum(0).pow(2).mean() - per_seed.sum()) / (S * (S - 1))
-            out[name + "_meanfield"] = float(cross)
-        else:
-            out[name + "_meanfield"] = float("nan")
-    return out
+def training_data(n_inputs: int, d_in: int, d_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared training inputs X (n_inputs x d_in) and output gradients G (n_inputs x d_out), iid N(0, 1)."""
+    g = _generator(seed, 0)
+    X = torch.randn(n_inputs, d_in, generator=g, dtype=_DTYPE)
+    G = torch.randn(n_inputs, d_out, generator=g, dtype=_DTYPE)
+    return X, G
+
+
+def closed_forms(M: torch.Tensor, optimizer: str, gamma: float, r: int, n: int, lr: float) -> dict[str, float]:
+    """Leading-order E_A of every measure after n steps from B = 0 (module docstring), for dL/dW = M."""
+    d_out, d_in = M.shape
+    sigma = 1.0 / (3 * d_in)
+    F = float((M**2).sum())
+    grad_B = gamma * math.sqrt(r * sigma * F)
+    if optimizer == "sgd":
+        typical = n**2 * lr**2 * gamma**4 * sigma**2 * r * (r + d_in - 0.2) * F
+        meanfield = n**2 * lr**2 * gamma**4 * sigma**2 * r**2 * F
+        grad_A = n * lr * gamma**2 * math.sqrt(r * sigma) * float(torch.linalg.matrix_norm(M.T @ M))
+    elif optimizer == "adam":
+        typical = n**2 * lr**2 * gamma**2 * sigma * d_out * r * (d_in + 2 / math.pi * (r - 1))
+        meanfield = n**2 * lr**2 * gamma**2 * (2 * sigma / math.pi) * d_out * r**2
+        grad_A = n * lr * gamma * math.sqrt(r * _sign_gram(M))
+    else:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    return {
+        "output_moment": typical / d_out, "input_grad_moment": typical / d_in,
+        "output_moment_meanfield": meanfield / d_out, "input_grad_moment_meanfield": meanfield / d_in,
+        "param_grad_norm": (grad_A + grad_B) / 2,
+    }
+
+
+def _sign_gram(M: torch.Tensor) -> float:
+    """E_a ||M^T sign(M a)||^2 for a with iid symmetric entries (Gaussian approximation of M a)."""
+    K = M @ M.T
+    norms = K.diagonal().sqrt()
+    rho = (K / torch.outer(norms, norms)).clamp(-1.0, 1.0)
+    return float((2 / math.pi * torch.asin(rho) * K).sum())
 
 
 def simulate(
-    ranks: Iterable[int],
+    ranks: Iterable[int] = DEFAULT_RANKS,
     scalings: Sequence[str] = SCALING_RULES,
-    d_in: int = 256,
-    d_out: int = 256,
+    d_in: int = DEFAULT_D,
+    d_out: int = DEFAULT_D,
     alpha: float = 16.0,
     steps: Sequence[int] = (1, 2, 4),
     lr: float = 1e-3,
     n_inputs: int = 512,
-    n_init_seeds: int = 4,
-    optimizer: str = "sgd",
+    n_init_seeds: int = 8,
+    optimizer: str = PRIMARY_OPTIMIZER,
     seed: int = 0,
     num_threads: int | None = 1,
+    per_seed: bool = False,
 ) -> pd.DataFrame:
-    """Train LoRA adapters for a few steps from B = 0 and measure output and input-gradient moments vs rank.
+    """Train LoRA adapters for a few steps from B = 0 and measure them against rank (module docstring).
 
-    For every rank r, scaling rule and init seed one adapter (float64) is built: A by peft's
-    kaiming-uniform init (variance 1/(3 d_in), independent of r), B = 0. All init seeds and all ranks and
-    rules share one draw of the training inputs X (n_inputs x d_in, iid N(0,1)), the output-gradient matrix
-    G (n_inputs x d_out, iid N(0,1); loss = sum(y * G) / n_inputs) and the fresh evaluation inputs and
-    output gradients (same sizes and law), so seeds differ only in A ("in expectation over initialization").
-    The adapter takes max(steps) steps of plain SGD (or Adam, ``optimizer="adam"``) on A and B at learning
-    rate ``lr``; the moments are measured after 0 steps and after each n in ``steps`` (n steps of one
-    trajectory are the same as n steps of a fresh run). At step 0 every moment is exactly 0 since B = 0.
+    For every rank r, scaling rule and init seed one adapter is built (A by peft's init, B = 0) and trained
+    for max(steps) steps of ``optimizer`` ("adam" or "sgd") at learning rate ``lr`` on the shared linear
+    loss; seeds differ only in A ("in expectation over initialization"). The measures are recorded at step
+    0 and after each n in ``steps`` (n steps of one trajectory are the same as n steps of a fresh run); at
+    step 0 every moment is exactly 0 since B = 0.
 
-    Returns one row per (rank, scaling, step) with columns optimizer, rank, scaling, gamma, step,
-    output_moment, output_moment_se, input_grad_moment, input_grad_moment_se (seed mean and standard error
-    over seeds of the per-adapter mean squares), output_moment_meanfield, input_grad_moment_meanfield
-    (unbiased cross-seed estimate of the second moment of the init-averaged adapter; NaN for one seed,
-    may be <= 0 from noise), and the setting: d_in, d_out, alpha, lr, n_inputs, n_init_seeds, seed.
+    ``per_seed=True``: one row per (rank, scaling, step, init_seed) with the per-adapter measures and, for
+    each mean-field measure, the seed's share (mean over t != s of <W_s, W_t>, normalised like the moment;
+    NaN for one seed), whose mean over seeds is the U-statistic. Otherwise :func:`aggregate` of that table:
+    one row per (rank, scaling, step) with seed means, ``*_se`` (standard error over seeds) and the
+    mean-field estimates. Both carry optimizer, rank, scaling, gamma, step, the closed forms ``*_expected``
+    and the setting (d_in, d_out, alpha, lr, n_inputs, n_init_seeds, seed).
     ``num_threads`` (default 1) sets torch's intra-op threads for the call and is restored afterwards
     (None: leave as is); the result does not depend on it beyond float64 rounding.
     """
     args = (ranks, scalings, d_in, d_out, alpha, steps, lr, n_inputs, n_init_seeds, optimizer, seed)
     if num_threads is None:
-        return _simulate(*args)
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
-    try:
-        return _simulate(*args)
-    finally:
-        torch.set_num_threads(old)
+        df = _simulate(*args)
+    else:
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(num_threads))
+        try:
+            df = _simulate(*args)
+        finally:
+            torch.set_num_threads(old)
+    return df if per_seed else aggregate(df)
 
 
 def _simulate(ranks, scalings, d_in, d_out, alpha, steps, lr, n_inputs, n_init_seeds, optimizer, seed):
@@ -173,103 +225,213 @@ def _simulate(ranks, scalings, d_in, d_out, alpha, steps, lr, n_inputs, n_init_s
         raise ValueError(f"ranks must be positive integers, got {ranks}")
     for rule in scalings:
         scaling_factor(rule, alpha, 1)
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     steps = sorted({int(n) for n in steps})
     if not steps or steps[0] < 1:
         raise ValueError(f"steps must be positive integers, got {steps}")
     if n_init_seeds < 1:
         raise ValueError("n_init_seeds must be >= 1")
-    n_steps = steps[-1]
-    record_at = set(steps)
+    S, n_steps, record_at = n_init_seeds, steps[-1], {0, *steps}
 
-    g = _generator(seed, 0)
-    X = torch.randn(n_inputs, d_in, generator=g, dtype=_DTYPE)
-    G = torch.randn(n_inputs, d_out, generator=g, dtype=_DTYPE)
-    x_eval = torch.randn(n_inputs, d_in, generator=g, dtype=_DTYPE)
-    g_eval = torch.randn(n_inputs, d_out, generator=g, dtype=_DTYPE)
-    M = G.T @ X / n_inputs  # dL/dW for the effective weight W = gamma B A
-
+    X, G = training_data(n_inputs, d_in, d_out, seed)
+    M = G.T @ X / n_inputs
     rows = []
     for r in ranks:
-        A0 = torch.stack([init_lora_A(r, d_in, _generator(seed, 1, r, s)) for s in range(n_init_seeds)])
+        A0 = torch.stack([init_lora_A(r, d_in, _generator(seed, 1, r, s)) for s in range(S)])
         for rule in scalings:
             gamma = scaling_factor(rule, alpha, r)
-            A, B = A0.clone(), torch.zeros(n_init_seeds, d_out, r, dtype=_DTYPE)
-            if optimizer == "adam":
-                state = [torch.zeros_like(t) for t in (A, A, B, B)]  # m_A, v_A, m_B, v_B
-            zero = {m: np.zeros(n_init_seeds) for m in ("output_moment", "input_grad_moment")}
-            zero.update(output_moment_meanfield=0.0, input_grad_moment_meanfield=0.0)
-            measured = {0: zero}
-            for n in range(1, n_steps + 1):
+            A, B = A0.clone(), torch.zeros(S, d_out, r, dtype=_DTYPE)
+            state = [torch.zeros_like(t) for t in (A, A, B, B)]  # Adam: m_A, v_A, m_B, v_B
+            for n in range(n_steps + 1):
                 grad_B = gamma * torch.matmul(M, A.transpose(1, 2))  # (S, d_out, r)
                 grad_A = gamma * torch.matmul(B.transpose(1, 2), M)  # (S, r, d_in)
+                if n in record_at:
+                    measured = _measure(gamma * torch.matmul(B, A), grad_A, grad_B)
+                    expected = closed_forms(M, optimizer, gamma, r, n, lr)
+                    for s in range(S):
+                        row = {"optimizer": optimizer, "rank": r, "scaling": rule, "gamma": gamma, "step": n,
+                               "init_seed": s}
+                        row.update({k: float(v[s]) for k, v in measured.items()})
+                        row.update({k + "_expected": v for k, v in expected.items()})
+                        rows.append(row)
+                if n == n_steps:
+                    break
                 if optimizer == "sgd":
                     A, B = A - lr * grad_A, B - lr * grad_B
                 else:
-                    b1, b2 = _ADAM_BETAS
-                    mA, vA, mB, vB = state
-                    mA, mB = b1 * mA + (1 - b1) * grad_A, b1 * mB + (1 - b1) * grad_B
-                    vA, vB = b2 * vA + (1 - b2) * grad_A**2, b2 * vB + (1 - b2) * grad_B**2
-                    c1, c2 = 1 - b1**n, 1 - b2**n
-                    A = A - lr * (mA / c1) / ((vA / c2).sqrt() + _ADAM_EPS)
-                    B = B - lr * (mB / c1) / ((vB / c2).sqrt() + _ADAM_EPS)
-                    state = [mA, vA, mB, vB]
-                if n in record_at:
-                    measured[n] = _moments(gamma * torch.matmul(B, A), x_eval, g_eval)
-            for n, m in measured.items():
-                row = {"optimizer": optimizer, "rank": r, "scaling": rule, "gamma": gamma, "step": n}
-                for name in ("output_moment", "input_grad_moment"):
-                    per_seed = m[name]
-                    row[name] = float(per_seed.mean())
-                    se = per_seed.std(ddof=1) / math.sqrt(n_init_seeds) if n_init_seeds > 1 else float("nan")
-                    row[name + "_se"] = float(se)
-                for name in ("output_moment_meanfield", "input_grad_moment_meanfield"):
-                    row[name] = m[name] if n_init_seeds > 1 else float("nan")
-                rows.append(row)
+                    A, B, state = _adam_step(A, B, grad_A, grad_B, state, n + 1, lr)
 
-    df = pd.DataFrame(rows)
-    df = df.assign(d_in=d_in, d_out=d_out, alpha=float(alpha), lr=float(lr), n_inputs=n_inputs,
-                   n_init_seeds=n_init_seeds, seed=seed)
+    df = pd.DataFrame(rows).assign(d_in=d_in, d_out=d_out, alpha=float(alpha), lr=float(lr), n_inputs=n_inputs,
+                                   n_init_seeds=S, seed=seed)
     order = {rule: i for i, rule in enumerate(scalings)}
-    df = df.sort_values(["scaling", "step", "rank"], key=lambda c: c.map(order) if c.name == "scaling" else c)
+    df = df.sort_values(["scaling", "step", "rank", "init_seed"],
+                        key=lambda c: c.map(order) if c.name == "scaling" else c)
     return df.reset_index(drop=True)
 
 
-def fitted_slopes(df: pd.DataFrame, measures: Sequence[str] = MEASURES) -> pd.DataFrame:
-    """Least-squares slope of log(moment) against log(r), per optimizer, scaling rule, step > 0 and measure.
+def _adam_step(A, B, grad_A, grad_B, state, t, lr):
+    b1, b2 = _ADAM_BETAS
+    mA, vA, mB, vB = state
+    mA, mB = b1 * mA + (1 - b1) * grad_A, b1 * mB + (1 - b1) * grad_B
+    vA, vB = b2 * vA + (1 - b2) * grad_A**2, b2 * vB + (1 - b2) * grad_B**2
+    c1, c2 = 1 - b1**t, 1 - b2**t
+    A = A - lr * (mA / c1) / ((vA / c2).sqrt() + _ADAM_EPS)
+    B = B - lr * (mB / c1) / ((vB / c2).sqrt() + _ADAM_EPS)
+    return A, B, [mA, vA, mB, vB]
 
-    Tidy result: optimizer, scaling, step, measure, slope, intercept, r2, n_ranks (ranks with a positive,
-    finite moment; the mean-field estimate can be <= 0 at small r and those ranks are left out; NaN slope
-    when fewer than 2 remain), rank_min, rank_max.
 
-    Expected for SGD (see the module docstring): mean-field measures -2 / 0 / +2 for lora / rslora /
-    constant (magnitudes -1 / 0 / +1); typical measures between -3 / -1 / +1 (r << d_in) and -2 / 0 / +2
-    (r >> d_in), so their fitted slope depends on where the ranks lie relative to d_in. For Adam the
-    typical measures come out near -1 / 0 / +1 at r << d_in and steeper at larger r (an observation only).
+def _measure(W: torch.Tensor, grad_A: torch.Tensor, grad_B: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-seed measures of the adapters W (S, d_out, d_in) and their parameter gradients."""
+    S, d_out, d_in = W.shape
+    fro2 = W.pow(2).sum(dim=(1, 2))
+    if S > 1:  # seed s's share of the U-statistic: mean over t != s of <W_s, W_t>
+        share = ((W * W.sum(0)).sum(dim=(1, 2)) - fro2) / (S - 1)
+    else:
+        share = torch.full_like(fro2, float("nan"))
+    norm = torch.linalg.matrix_norm
+    return {
+        "output_moment": (fro2 / d_out).numpy(), "input_grad_moment": (fro2 / d_in).numpy(),
+        "param_grad_norm": ((norm(grad_A) + norm(grad_B)) / 2).numpy(),
+        "output_moment_meanfield": (share / d_out).numpy(), "input_grad_moment_meanfield": (share / d_in).numpy(),
+    }
+
+
+_SETTING = ("d_in", "d_out", "alpha", "lr", "n_inputs", "n_init_seeds", "seed")
+
+
+def aggregate(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Seed means (``*_se``: standard error over seeds) of a ``simulate(..., per_seed=True)`` table.
+
+    A mean-field column becomes the U-statistic over seed pairs (the mean of the seeds' shares); it is NaN
+    for one seed and can be <= 0 where the init fluctuation dominates (small r).
+    """
+    keys = [k for k in ("optimizer", "rank", "scaling", "gamma", "step") if k in per_seed.columns]
+    grouped = per_seed.groupby(keys, sort=False)
+    out = grouped[[*_SETTING, *(m + "_expected" for m in MEASURES)]].first()
+    for m in MEASURES:
+        out[m] = grouped[m].mean()
+        if m in PRIMARY_MEASURES:
+            out[m + "_se"] = grouped[m].std(ddof=1) / np.sqrt(grouped[m].count())
+    cols = [*PRIMARY_MEASURES, *(m + "_se" for m in PRIMARY_MEASURES), *MEANFIELD_MEASURES,
+            *(m + "_expected" for m in MEASURES), *_SETTING]
+    return out[cols].reset_index()
+
+
+def _t_quantile(q: float, dof: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(q, dof))
+
+
+def _ols_slope(lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each column of ly (n_ranks x k) on lx."""
+    cx = lx - lx.mean()
+    return cx @ (ly - ly.mean(axis=0)) / (cx @ cx)
+
+
+def verdict(low: float, high: float, tolerance: float) -> str:
+    """flat (the interval lies within +-tolerance), collapse / explode (beyond it) or inconclusive."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "inconclusive"
+    if -tolerance <= low and high <= tolerance:
+        return "flat"
+    if high < -tolerance:
+        return "collapse"
+    if low > tolerance:
+        return "explode"
+    return "inconclusive"
+
+
+def fitted_slopes(
+    df: pd.DataFrame,
+    measures: Sequence[str] = MEASURES,
+    primary_optimizer: str = PRIMARY_OPTIMIZER,
+    flat_tolerance: float = FLAT_TOLERANCE,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Slope of log(measure) against log(r) with an interval, per optimizer, scaling rule, step > 0 and measure.
+
+    ``df``: a ``simulate(..., per_seed=True)`` table (an aggregated one gives the slopes without interval).
+    The slope is the least-squares fit to the log of the seed-averaged measure (the U-statistic for a
+    mean-field one) over the ranks where it is positive, for every leave-one-seed-out replicate too (a
+    mean-field estimate can be <= 0 at small r; those ranks are left out). The interval is the
+    delete-one-seed jackknife: slope +- t_{S-1} * SE_jack; it is conditional on the one draw of the training
+    data. Tidy result, one row per fit: optimizer, optimizer_role (primary / contrast), primary (the
+    primary optimizer and one of :data:`PRIMARY_MEASURES`), scaling, step, measure, slope, slope_se,
+    slope_low, slope_high, confidence, intercept, r2, n_ranks, rank_min, rank_max, n_init_seeds,
+    expected_slope (of the closed form ``<measure>_expected`` over the same ranks), paper_claim
+    (collapse / flat / explode, :data:`PAPER_CLAIM`), flat_tolerance (in the measure's units:
+    ``flat_tolerance`` for a mean square, half of it for a norm), verdict (:func:`verdict` of the interval)
+    and reproduces (verdict == paper_claim).
     """
     keys = [k for k in ("optimizer", "scaling", "step") if k in df.columns]
+    has_seeds = "init_seed" in df.columns
     rows = []
     for key, grp in df[df["step"] > 0].groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         for measure in measures:
             if measure not in grp.columns:
                 continue
-            sub = grp[np.isfinite(grp[measure]) & (grp[measure] > 0)]
-            row = dict(zip(keys, key), measure=measure, n_ranks=int(len(sub)))
-            if len(sub) >= 2 and sub["rank"].nunique() >= 2:
-                lx, ly = np.log(sub["rank"].to_numpy(float)), np.log(sub[measure].to_numpy(float))
+            full, loo = _seed_averages(grp, measure, has_seeds)
+            ok = np.isfinite(full) & (full > 0)
+            if loo is not None:
+                ok &= (np.isfinite(loo) & (loo > 0)).all(axis=1)
+            ranks = full.index.to_numpy(float)[ok]
+            row = dict(zip(keys, key), measure=measure, n_ranks=int(ok.sum()))
+            opt = row.get("optimizer", primary_optimizer)
+            row["optimizer_role"] = "primary" if opt == primary_optimizer else "contrast"
+            row["primary"] = bool(opt == primary_optimizer and measure in PRIMARY_MEASURES)
+            tol = flat_tolerance * MOMENT_ORDER.get(measure, 2) / 2
+            fit = dict.fromkeys(("slope", "slope_se", "slope_low", "slope_high", "intercept", "r2", "rank_min",
+                                 "rank_max", "expected_slope"), float("nan"))
+            n_seeds = int(grp["init_seed"].nunique()) if has_seeds else int(grp.get("n_init_seeds", [1]).iloc[0])
+            if len(ranks) >= 2:
+                lx, ly = np.log(ranks), np.log(full.to_numpy(float)[ok])
                 slope, intercept = np.polyfit(lx, ly, 1)
                 resid = ly - (slope * lx + intercept)
                 ss = float(((ly - ly.mean()) ** 2).sum())
-                r2 = 1.0 - float((resid**2).sum()) / ss if ss > 0 else float("nan")
-                row.update(slope=float(slope), intercept=float(intercept), r2=r2,
-                           rank_min=int(sub["rank"].min()), rank_max=int(sub["rank"].max()))
-            else:
-                row.update(slope=float("nan"), intercept=float("nan"), r2=float("nan"),
-                           rank_min=float("nan"), rank_max=float("nan"))
+                fit.update(slope=float(slope), intercept=float(intercept),
+                           r2=1.0 - float((resid**2).sum()) / ss if ss > 0 else float("nan"),
+                           rank_min=int(ranks.min()), rank_max=int(ranks.max()))
+                if loo is not None:
+                    reps = _ols_slope(lx, np.log(loo[ok]))
+                    S = len(reps)
+                    se = math.sqrt((S - 1) / S * float(((reps - reps.mean()) ** 2).sum()))
+                    half = _t_quantile(0.5 + confidence / 2, S - 1) * se
+                    fit.update(slope_se=se, slope_low=float(slope - half), slope_high=float(slope + half))
+                exp_col = measure + "_expected"
+                if exp_col in grp.columns:
+                    ex = grp.groupby("rank")[exp_col].first().reindex(full.index).to_numpy(float)[ok]
+                    if (ex > 0).all():
+                        fit["expected_slope"] = float(_ols_slope(lx, np.log(ex)[:, None])[0])
+            claim = PAPER_CLAIM.get(row.get("scaling"), "")
+            low, high = (fit["slope_low"], fit["slope_high"])
+            v = verdict(low, high, tol)
+            row.update(fit, confidence=confidence, n_init_seeds=n_seeds, paper_claim=claim, flat_tolerance=tol,
+                       verdict=v, reproduces=bool(claim and v == claim))
             rows.append(row)
-    return pd.DataFrame(rows)
+    cols = [*keys[:1], "optimizer_role", "primary", *keys[1:], "measure", "slope", "slope_se", "slope_low",
+            "slope_high", "confidence", "expected_slope", "paper_claim", "flat_tolerance", "verdict",
+            "reproduces", "intercept", "r2", "n_ranks", "rank_min", "rank_max", "n_init_seeds"]
+    return pd.DataFrame(rows)[[c for c in cols if c in rows[0]]] if rows else pd.DataFrame(columns=cols)
+
+
+def _seed_averages(grp: pd.DataFrame, measure: str, has_seeds: bool) -> tuple[pd.Series, np.ndarray | None]:
+    """Per rank: the seed average (U-statistic for a mean-field measure) and its leave-one-seed-out values
+    (ranks x seeds; None without per-seed rows or with too few seeds)."""
+    if not has_seeds:
+        return grp.groupby("rank")[measure].mean(), None
+    wide = grp.pivot_table(index="rank", columns="init_seed", values=measure, aggfunc="first", dropna=False)
+    v = wide.to_numpy(float)
+    S = v.shape[1]
+    full = pd.Series(v.mean(axis=1), index=wide.index)
+    if measure in MEANFIELD_MEASURES:
+        # Without seed s the pairs left sum to S(S-1)U - 2(S-1)c_s over (S-1)(S-2) ordered pairs.
+        loo = (S * full.to_numpy()[:, None] - 2 * v) / (S - 2) if S >= 3 else None
+    else:
+        loo = (v.sum(axis=1, keepdims=True) - v) / (S - 1) if S >= 2 else None
+    return full, loo
 
 
 def plot_rank_stability(
@@ -277,16 +439,19 @@ def plot_rank_stability(
     out_path_without_suffix: str | Path,
     step: int | None = None,
     show_smaller_steps: bool = True,
-    show_meanfield: bool = True,
+    show_meanfield: bool | None = None,
+    show_expected: bool = True,
 ) -> list[Path]:
-    """Two log-log panels (mean squared adapter output, mean squared input gradient) against rank r.
+    """Three log-log panels against rank r: mean squared adapter output, mean squared input gradient and
+    parameter gradient norm, for one optimizer (an :func:`aggregate` table, e.g. the moments CSV).
 
-    One colour per scaling rule (Okabe-Ito). Solid lines with markers: the typical moment (seed mean, with
-    a band of +-1 standard error) at ``step`` (default: the largest step in ``df``); faint solid lines: the
-    smaller steps (typical moment); dashed: the mean-field moment (second moment of the init-averaged
-    adapter) at ``step``, drawn only where the estimate is positive. A dotted vertical line marks r = d_in.
-    ``df`` must hold one optimizer. Writes ``<out>.pdf`` (vector) and ``<out>.png`` (dpi 200) and returns
-    both paths. Uses the Agg canvas on a standalone Figure; no global matplotlib state is changed.
+    One colour per scaling rule (Okabe-Ito). Solid lines with markers: the typical measure (seed mean, with a
+    band of +-1 standard error) at ``step`` (default: the largest step in ``df``); faint solid lines: the
+    smaller steps; dotted: the closed form (``*_expected``); dashed: the mean-field moment where positive
+    (default: drawn for a contrast optimizer only, i.e. when ``optimizer_role`` is "contrast" or, without
+    that column, for SGD). The title names the optimizer and its role. Writes ``<out>.pdf`` (vector) and
+    ``<out>.png`` (dpi 200) and returns both paths. Uses the Agg canvas on a standalone Figure; no global
+    matplotlib state is changed.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -298,6 +463,13 @@ def plot_rank_stability(
     if not steps_present:
         raise ValueError("plot_rank_stability: no step > 0 in df")
     step = steps_present[-1] if step is None else int(step)
+    optimizer = str(df["optimizer"].iloc[0]) if "optimizer" in df.columns else ""
+    if "optimizer_role" in df.columns:
+        role = str(df["optimizer_role"].iloc[0])
+    else:
+        role = "primary" if optimizer == PRIMARY_OPTIMIZER else "contrast"
+    if show_meanfield is None:
+        show_meanfield = role == "contrast"
     present = set(df["scaling"])
     scalings = [s for s in SCALING_RULES if s in present] + sorted(present - set(SCALING_RULES))
     colour = dict(SCALING_COLOUR)
@@ -305,14 +477,18 @@ def plot_rank_stability(
     for s in scalings:
         colour.setdefault(s, spare.pop(0))
 
-    fig = Figure(figsize=(7.0, 3.1), layout="constrained")
+    fig = Figure(figsize=(7.6, 3.3), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3)
     panels = (
-        ("output_moment", "mean squared adapter output"),
-        ("input_grad_moment", "mean squared input gradient"),
+        ("output_moment", "mean sq. adapter output"),
+        ("input_grad_moment", "mean sq. input gradient"),
+        ("param_grad_norm", "param. gradient norm"),
     )
     for ax, (measure, ylabel) in zip(axes, panels):
+        if measure not in df.columns:
+            ax.set_visible(False)
+            continue
         for rule in scalings:
             sub = df[df["scaling"] == rule]
             if show_smaller_steps:
@@ -327,29 +503,29 @@ def plot_rank_stability(
             if se is not None and np.isfinite(se).any():
                 lo = np.clip(s[measure] - se, s[measure] * 1e-3, None)
                 ax.fill_between(s["rank"], lo, s[measure] + se, color=colour[rule], alpha=0.2, lw=0)
+            ex = measure + "_expected"
+            if show_expected and ex in s.columns:
+                ax.plot(s["rank"], s[ex], color=colour[rule], ls=":", lw=1.2)
             mf = measure + "_meanfield"
             if show_meanfield and mf in sub.columns:
                 m = sub[(sub["step"] == step) & np.isfinite(sub[mf]) & (sub[mf] > 0)].sort_values("rank")
                 ax.plot(m["rank"], m[mf], color=colour[rule], ls="--", lw=1.2)
-        if "d_in" in df.columns:
-            ax.axvline(float(df["d_in"].iloc[0]), color="0.5", ls=":", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("rank r")
         ax.set_ylabel(ylabel)
-    opt = str(df["optimizer"].iloc[0]).upper() if "optimizer" in df.columns else ""
-    for ax in axes:
-        ax.set_title(f"{opt}, step {step}".strip(", "), fontsize="medium")
+    title = f"{optimizer.upper() if optimizer != 'adam' else 'Adam'} ({role}), step {step}"
+    if "d_in" in df.columns:
+        title += rf", $d_{{in}}={int(df['d_in'].iloc[0])}$"
+    fig.suptitle(title, fontsize="medium")
     handles = [Line2D([], [], color=colour[s], lw=1.4, label=SCALING_LABEL.get(s, s)) for s in scalings]
-    typical = r"$\mathrm{E}_A[\mathrm{mean}\ y^2]$ (typical)"
-    handles.append(Line2D([], [], color="0.3", lw=1.4, marker="o", ms=3, label=typical))
+    handles.append(Line2D([], [], color="0.3", lw=1.4, marker="o", ms=3, label=r"typical: $\mathrm{E}_A$ of one adapter"))
+    if show_expected:
+        handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="closed form"))
     if show_meanfield:
-        meanfield = r"$\mathrm{mean}\,(\mathrm{E}_A y)^2$ (mean-field)"
-        handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2, label=meanfield))
+        handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2, label=r"mean-field: adapter averaged over $A$"))
     if show_smaller_steps and len(steps_present) > 1:
         handles.append(Line2D([], [], color="0.3", alpha=0.3, lw=0.8, label="smaller step counts"))
-    if "d_in" in df.columns:
-        handles.append(Line2D([], [], color="0.5", ls=":", lw=0.8, label=r"$r = d_{in}$"))
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small", frameon=False)
 
     base = Path(out_path_without_suffix)

@@ -96,12 +96,55 @@ def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stabilit
         m.add(macro_name("GradNormRatio", *qualifiers, row["method"]), row["ratio_max_min"])
 
     if stability is not None and len(stability):
-        stability = stability[stability["step"] == stability["step"].max()]
-        for _, row in stability.iterrows():
-            name = macro_name("RankStab", row["scaling"], row.get("measure", ""), row.get("optimizer", ""), "Slope")
-            if name not in m.items:
-                m.add(name, row["slope"], 2)
+        rank_stability_macros(m, stability)
     return m
+
+
+def _slope_text(value) -> str:
+    """Two decimals (significant digits would print 1.044 and 1.050 both as 1); no "-0.00"."""
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    text = f"{float(value):.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def rank_stability_macros(m: Macros, slopes: pd.DataFrame) -> None:
+    """Slopes of `repro laws rank-stability` at its last step (prefix RankStab).
+
+    Per scaling, measure and optimizer: ``RankStab<Scaling><Measure><Optimizer>Slope`` and, where the table
+    has them, ``...Low`` / ``...High`` (95 % interval), ``...Expected`` (closed form), ``...Verdict``
+    (flat / collapse / explode / inconclusive); per scaling the paper's claim ``RankStab<Scaling>Claim``;
+    and the setting: ``RankStabPrimaryOptimizer``, ``RankStabStep``, ``RankStabSeeds``,
+    ``RankStabFlatTolerance``, and ``RankStabReproduced`` (yes when every primary row's verdict is the
+    paper's claim, else no).
+    """
+    slopes = slopes[slopes["step"] == slopes["step"].max()]
+    for _, row in slopes.iterrows():
+        stem = macro_name("RankStab", row["scaling"], row.get("measure", ""), row.get("optimizer", ""))
+        if stem + "Slope" in m.items:
+            continue
+        m.add(stem + "Slope", _slope_text(row["slope"]))
+        for col, suffix in (("slope_low", "Low"), ("slope_high", "High"), ("expected_slope", "Expected")):
+            if col in row:
+                m.add(stem + suffix, _slope_text(row[col]))
+        if "verdict" in row:
+            m.add(stem + "Verdict", str(row["verdict"]))
+    if "paper_claim" in slopes:
+        for rule, claim in slopes.groupby("scaling", sort=False)["paper_claim"].first().items():
+            m.add(macro_name("RankStab", rule, "Claim"), str(claim) if isinstance(claim, str) else "n/a")
+    m.add("RankStabStep", int(slopes["step"].iloc[0]))
+    if "optimizer_role" in slopes:
+        primary = slopes[slopes["optimizer_role"] == "primary"]
+        if len(primary):
+            m.add("RankStabPrimaryOptimizer", {"adam": "Adam", "sgd": "SGD"}.get(primary["optimizer"].iloc[0],
+                                                                                 str(primary["optimizer"].iloc[0])))
+        rows = slopes[slopes["primary"].astype(bool)] if "primary" in slopes else primary
+        if len(rows) and "reproduces" in rows:
+            m.add("RankStabReproduced", "yes" if rows["reproduces"].astype(bool).all() else "no")
+    if "n_init_seeds" in slopes:
+        m.add("RankStabSeeds", int(slopes["n_init_seeds"].iloc[0]))
+    if "flat_tolerance" in slopes:
+        m.add("RankStabFlatTolerance", float(slopes["flat_tolerance"].max()), 2)
 
 
 def eval_macros(m: Macros, runs: pd.DataFrame) -> None:
