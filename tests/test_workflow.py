@@ -65,6 +65,17 @@ def test_test_preset_runs_the_whole_dag(test_preset_run):
     assert "\\newcommand{\\LinLoraSlope}" in numbers or "\\newcommand{\\LinLoraStatus}" in numbers
     assert "\\newcommand{\\GradNormRatioRslora}" in numbers
 
+    # The law-fit contract: every power law by Huber on log residuals from >= 8 starts, with convergence,
+    # bound and both extrapolation errors reported; the linear law with run-clustered errors.
+    fits = pd.read_csv(ws / "results/laws/fits.csv")
+    for col in ("fit_loss", "n_starts", "converged", "at_bound", "extrap_rmse_steps", "extrap_rmse_rank", "se_kind"):
+        assert col in fits.columns, col
+    power = fits[(fits["family"] != "linear") & (fits["status"] == "ok")]
+    assert len(power) and (power["fit_loss"] == "huber-log").all() and (power["n_starts"] >= 8).all()
+    assert power["converged"].astype(bool).all() and power["extrap_rmse_steps"].notna().all()
+    linear = fits[(fits["family"] == "linear") & (fits["status"] == "ok")]
+    assert len(linear) and (linear["se_kind"] == "cluster-run").all()
+
     # A second invocation has nothing to do: outputs are up to date.
     again = _snakemake(ws, "-n", "--configfile", "presets/test.yaml")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

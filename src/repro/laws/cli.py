@@ -15,14 +15,15 @@ def cmd_fit(args) -> int:
 
     cfg = load_config(args.configfile)["laws"]
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
-                     cfg["bootstrap_resamples"], cfg["seed"])
+                     cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"])
     by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
     by_rank.to_csv(Path(args.out) / "gradnorm_by_rank.csv", index=False)
     spread = gradient_norm_spread(by_rank)
     spread.to_csv(Path(args.out) / "gradnorm_spread.csv", index=False)
     fits = table.drop_duplicates(["model", "dataset", "method", "target", "family"])
     for _, f in fits.iterrows():
-        print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={f['r2']}"
+        print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={f['r2']:.4g}"
+              + ("" if f["status"] != "ok" or f["family"] == "linear" or f["converged"] is True else " NOT CONVERGED")
               + (" (chosen)" if f["chosen"] is True else ""))
     for _, s in spread.iterrows():
         print(f"{s['method']:7s} grad-norm max/min across ranks: {s['ratio_max_min']:.3g}")
@@ -75,6 +76,46 @@ def cmd_rank_stability(args) -> int:
     return 0
 
 
+def cmd_fit_table(args) -> int:
+    from .table_fit import TableError, fit_table, one_line, write_json
+
+    try:
+        result = fit_table(args.csv, args.x1, args.x2, args.y, args.family, drop_highest=args.drop_highest,
+                           bootstrap=args.bootstrap, seed=args.seed, drop_invalid=args.drop_invalid,
+                           n_starts=args.n_starts, cluster=args.cluster, progress=True)
+    except TableError as exc:
+        raise SystemExit(f"repro laws fit-table: {exc}") from None
+    write_json(result, args.json)
+    print(one_line(result))
+    return 0
+
+
+def cmd_design(args) -> int:
+    import pandas as pd
+
+    from .design import cheapest, design_table
+
+    runs = pd.read_csv(args.runs)
+    if args.model or args.dataset:
+        runs = runs[(runs["model"] == args.model if args.model else True)
+                    & (runs["dataset"] == args.dataset if args.dataset else True)]
+    steps = pd.read_csv(args.steps) if args.steps else None
+    table = design_table(runs, steps, targets=args.targets, width=args.width, resamples=args.bootstrap,
+                         seed=args.seed, min_ranks=args.min_ranks, max_steps=args.max_steps,
+                         eval_seconds_per_checkpoint=args.eval_seconds_per_checkpoint, jobs=args.jobs)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+    cols = ["method", "target", "ranks", "n_seeds", "max_step", "family", "alpha_width", "beta_width",
+            "both_within", "cost_cpu_min"]
+    with pd.option_context("display.width", 200, "display.max_rows", 400, "display.float_format", "{:.3g}".format):
+        print(table[cols].to_string(index=False))
+        best = cheapest(table)
+        print(f"\ncheapest design with both exponent intervals <= {args.width} (per method and target):")
+        print(best[cols].to_string(index=False) if len(best) else "  none in this sweep")
+    return 0
+
+
 def register(sub) -> None:
     laws = sub.add_parser("laws", help="fits of the forgetting laws, rsLoRA checks").add_subparsers(
         dest="action", required=True)
@@ -89,3 +130,34 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="CSV of moments per rank, scaling and step")
     p.add_argument("--slopes-out", required=True, type=Path, help="CSV of log-log slopes")
     p.set_defaults(func=cmd_rank_stability)
+    p = laws.add_parser("fit-table", help="fit a power-law family to any CSV table (Huber on log residuals)")
+    p.add_argument("--csv", required=True, type=Path, help="input table")
+    p.add_argument("--x1", required=True, help="column of the first variable (P in the laws of this project)")
+    p.add_argument("--x2", required=True, help="column of the second variable (N)")
+    p.add_argument("--y", required=True, help="column fitted")
+    p.add_argument("--family", required=True, choices=["additive", "joint", "shifted"])
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K", help="leave out the K rows of largest y")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="leave out rows with a missing, non-positive or non-finite value instead of refusing")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap resamples for intervals")
+    p.add_argument("--cluster", help="column whose groups are resampled whole (default: single rows)")
+    p.add_argument("--n-starts", type=int, default=8, help="starting points of every fit (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", required=True, type=Path, help="output JSON")
+    p.set_defaults(func=cmd_fit_table)
+    p = laws.add_parser("design", help="interval width of the exponents vs cost, for every sub-sweep of a sweep")
+    p.add_argument("--runs", required=True, type=Path, help="runs.csv of one sweep")
+    p.add_argument("--steps", type=Path, help="steps.csv of the same sweep (per-step seconds: the cost)")
+    p.add_argument("--model")
+    p.add_argument("--dataset")
+    p.add_argument("--targets", nargs="+", default=["loss_forget", "loss_ft"])
+    p.add_argument("--width", type=float, default=0.15, help="largest acceptable 95 %% interval width")
+    p.add_argument("--bootstrap", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-ranks", type=int, default=3)
+    p.add_argument("--max-steps", type=int, nargs="+", help="only these maximum steps (default: every checkpoint >= 8)")
+    p.add_argument("--eval-seconds-per-checkpoint", type=float,
+                   help="CPU seconds of evaluating one checkpoint, added to the cost")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--out", type=Path, help="CSV of every design")
+    p.set_defaults(func=cmd_design)

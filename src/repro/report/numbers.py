@@ -67,6 +67,13 @@ def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stabilit
             m.add(stem + "Slope", f["params"]["b"])
             m.add(stem + "SlopeLow", f["ci95"]["b"][0])
             m.add(stem + "SlopeHigh", f["ci95"]["b"][1])
+            # The interval above is run-clustered; the naive OLS one is quoted to show the difference.
+            for kind, key in (("Naive", "ci95_naive"), ("Boot", "ci95_bootstrap")):
+                ci = (f.get(key) or {}).get("b")
+                if ci:
+                    m.add(stem + "Slope" + kind + "Low", ci[0])
+                    m.add(stem + "Slope" + kind + "High", ci[1])
+            m.add(stem + "Runs", f.get("n_clusters", 0))
             m.add(stem + "Intercept", f["params"]["a"])
             m.add(stem + "Rsq", f["r2"])
             m.add(stem + "Pvalue", f["p_value_b_positive"], 2)
@@ -86,7 +93,10 @@ def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stabilit
                         m.add(stem + macro_name(p) + "Low", ci[0])
                         m.add(stem + macro_name(p) + "High", ci[1])
             m.add(stem + "Rsq", f["r2"])
-            m.add(stem + "ExtrapRmse", f["extrapolation_rmse"], 2)
+            m.add(stem + "ExtrapRmse", f["extrap_rmse_steps"], 2)
+            m.add(stem + "ExtrapRmseRank", f["extrap_rmse_rank"], 2)
+            m.add(stem + "Converged", "yes" if f.get("converged") else "no")
+            m.add(stem + "AtBound", ", ".join(f.get("at_bound") or []) or "none")
             m.add(stem + "BootstrapOk", f.get("bootstrap_ok", 0))
 
     for _, row in spread.iterrows():

@@ -16,9 +16,11 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def with_ci(value, ci) -> str:
+    """``value [low, high]``; with value None, the interval alone."""
     if not ci or any(c is None or not math.isfinite(c) for c in ci):
         return fmt(value)
-    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]"
+    interval = f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+    return interval if value is None else f"{fmt(value)} {interval}"
 
 
 def to_latex(df: pd.DataFrame, path: Path, caption: str, label: str) -> Path:
@@ -49,8 +51,11 @@ def linear_table(fits: list[dict]) -> pd.DataFrame:
             "dataset": tex_escape(f["dataset"]),
             "method": f["method"],
             "$n$": f["n"],
+            "runs": f.get("n_clusters", "--"),
             "$a$": with_ci(f["params"]["a"], f["ci95"]["a"]) if ok else "--",
-            "$b$": with_ci(f["params"]["b"], f["ci95"]["b"]) if ok else "--",
+            "$b$ (run-clustered)": with_ci(f["params"]["b"], f["ci95"]["b"]) if ok else "--",
+            "$b$ naive CI": with_ci(None, f.get("ci95_naive", {}).get("b")) if ok else "--",
+            "$b$ bootstrap CI": with_ci(None, f.get("ci95_bootstrap", {}).get("b")) if ok else "--",
             "$R^2$": fmt(f.get("r2")),
             "$p(b>0)$": fmt(f.get("p_value_b_positive"), 2),
             "claim": f.get("claim_b_positive", tex_escape(f["status"])),
@@ -68,13 +73,16 @@ def power_table(fits: list[dict]) -> pd.DataFrame:
         rows.append({
             "method": f["method"],
             "target": {"loss_forget": "$L_f$", "loss_ft": "$L_{ft}$"}.get(f["target"], tex_escape(f["target"])),
-            "family": f["family"] + (" $\\star$" if f.get("chosen") else ""),
+            "family": f["family"] + (" $\\star$" if f.get("chosen") else "")
+            + ("" if not ok or f.get("converged") else " (not converged)")
+            + (f" ({tex_escape(','.join(f['at_bound']))} at bound)" if ok and f.get("at_bound") else ""),
             "$\\alpha$": with_ci(p.get("alpha"), ci.get("alpha")) if ok else "--",
             "$\\beta$": with_ci(p.get("beta"), ci.get("beta")) if ok else "--",
             "$E$": with_ci(p.get("E"), ci.get("E")) if ok else "--",
             "AIC": fmt(f.get("aic"), 4) if ok else tex_escape(f["status"]),
             "$R^2$": fmt(f.get("r2")),
-            "extrap. RMSE": fmt(f.get("extrapolation_rmse"), 2),
+            "extrap. $N$": fmt(f.get("extrap_rmse_steps"), 2),
+            "extrap. $P$": fmt(f.get("extrap_rmse_rank"), 2),
         })
     return pd.DataFrame(rows)
 
@@ -106,11 +114,15 @@ def make_all(fits_dir: Path, gradnorm_csv: Path, early_csv: Path, out_dir: Path)
     matched = pd.read_csv(early_csv) if Path(early_csv).stat().st_size > 1 else pd.DataFrame()
     return [
         to_latex(linear_table(fits), out_dir / "linear_law.tex",
-                 "Inverse linear law $L_f = a - b\\,L_{ft}$ (OLS, 95\\% intervals; one-sided test of $b>0$).",
+                 "Inverse linear law $L_f = a - b\\,L_{ft}$ (OLS; 95\\% intervals from run-clustered errors, "
+                 "with the naive OLS and run-bootstrap intervals beside them; one-sided test of $b>0$ from the "
+                 "clustered errors with $t(G-1)$, $G$ runs).",
                  "tab:linear-law"),
         to_latex(power_table(fits), out_dir / "power_laws.tex",
-                 "Power-law fits of $L_f$ and $L_{ft}$ in $P$ and $N$ (bootstrap 95\\% intervals over runs; "
-                 "$\\star$: lowest AIC; extrapolation RMSE on the held-out largest-$N$ checkpoints).",
+                 "Power-law fits of $L_f$ and $L_{ft}$ in $P$ and $N$ (Huber loss on log residuals from many "
+                 "starts; bootstrap 95\\% intervals over runs, every resample refitted the same way; "
+                 "$\\star$: lowest AIC; extrapolation RMSE on each run's held-out largest-$N$ checkpoint and "
+                 "on the held-out largest $P$).",
                  "tab:power-laws"),
         to_latex(gradnorm_table(pd.read_csv(gradnorm_csv)), out_dir / "gradient_norms.tex",
                  "Spread across ranks of the mean adapter gradient norm over training.", "tab:grad-norms"),
