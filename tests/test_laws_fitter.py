@@ -244,3 +244,23 @@ def test_design_table_finds_the_sweep_that_identifies_the_exponents(tmp_path):
     assert full["alpha_width"] < small["alpha_width"] and full["cost_cpu_min"] > small["cost_cpu_min"]
     best = cheapest(table)
     assert len(best) <= 1 and (best["both_within"].all())
+
+
+def test_readme_example_table_recovers_the_law_it_was_drawn_from(tmp_path):
+    """tests/data/scaling_example.csv (README): E + A params^-0.34 + B tokens^-0.28, 0.4 % noise."""
+    from repro.laws.table_fit import fit_table
+
+    csv = Path(__file__).parent / "data" / "scaling_example.csv"
+    result = fit_table(csv, "params", "tokens", "loss", "additive")
+    assert result["converged"] and result["n"] == 84
+    assert result["params"]["alpha"] == pytest.approx(-0.34, abs=0.02)
+    assert result["params"]["beta"] == pytest.approx(-0.28, abs=0.02)
+    assert result["params"]["E"] == pytest.approx(1.69, abs=0.1)
+
+
+def test_parallel_bootstraps_give_the_same_fits_as_serial():
+    df, _, _ = draw_runs("joint", 6)
+    df = df.rename(columns={"y": "loss_forget"}).assign(loss_ft=lambda d: 5 - d["loss_forget"])
+    serial, _ = fit_all(df, ["joint"], ["loss_forget", "loss_ft"], 1, resamples=8, seed=0, jobs=1)
+    parallel, _ = fit_all(df, ["joint"], ["loss_forget", "loss_ft"], 1, resamples=8, seed=0, jobs=2)
+    pd.testing.assert_frame_equal(fits_table(serial), fits_table(parallel))

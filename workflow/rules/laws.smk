@@ -40,6 +40,7 @@ LM_REPORT_CATEGORIES = {
 
 
 rule fit_laws:
+    priority: 100
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
@@ -56,6 +57,8 @@ rule fit_laws:
         "logs/laws/fit_laws.log",
     conda:
         "../../envs/laws.yaml"
+    # The bootstraps are independent: two workers halve the wall time at the end of the DAG.
+    threads: 2
     resources:
         **resources_for("laws"),
     params:
@@ -64,7 +67,7 @@ rule fit_laws:
         fingerprint=fingerprint("laws"),
     shell:
         "repro laws fit --configfile {params.config} --runs {input.runs} --steps {input.steps}"
-        " --out {params.laws} > {log} 2>&1"
+        " --out {params.laws} --jobs {threads} > {log} 2>&1"
 
 
 rule rank_stability:
@@ -86,6 +89,7 @@ rule rank_stability:
 
 
 rule figures:
+    priority: 100
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
@@ -108,6 +112,7 @@ rule figures:
 
 
 rule tables:
+    priority: 100
     input:
         fits=f"{LAWS}/fits.csv",
         early=f"{LAWS}/early_stopping.csv",
@@ -128,6 +133,7 @@ rule tables:
 
 
 rule numbers:
+    priority: 100
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         fits=f"{LAWS}/fits.csv",

@@ -15,7 +15,7 @@ def cmd_fit(args) -> int:
 
     cfg = load_config(args.configfile)["laws"]
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
-                     cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"])
+                     cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs)
     by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
     by_rank.to_csv(Path(args.out) / "gradnorm_by_rank.csv", index=False)
     spread = gradient_norm_spread(by_rank)
@@ -124,6 +124,7 @@ def register(sub) -> None:
     p.add_argument("--runs", required=True, type=Path, help="results/lm/runs.csv")
     p.add_argument("--steps", required=True, type=Path, help="results/lm/steps.csv")
     p.add_argument("--out", required=True, type=Path, help="output directory (results/laws)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for the bootstraps (results do not depend on it)")
     p.set_defaults(func=cmd_fit)
     p = laws.add_parser("rank-stability", help="adapter moments vs rank for alpha/r, alpha/sqrt(r), alpha")
     p.add_argument("--configfile", required=True, type=Path)

@@ -290,8 +290,9 @@ def matched_forgetting(df: pd.DataFrame, levels: int = 5) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ driver
 def fit_all(runs: pd.DataFrame, families: list[str], targets: list[str], holdout_last: int,
-            resamples: int, seed: int, n_starts: int = 8) -> tuple[list[dict], pd.DataFrame]:
-    fits, matched = [], []
+            resamples: int, seed: int, n_starts: int = 8, jobs: int = 1) -> tuple[list[dict], pd.DataFrame]:
+    """Every fit of every (model, dataset, method); ``jobs`` worker processes share the bootstraps."""
+    fits, matched, boot_tasks = [], [], []
     for key, group in runs.groupby(GROUP):
         coords = dict(zip(GROUP, key))
         fits.append({**coords, **fit_linear_law(group, resamples=resamples, seed=seed)})
@@ -304,13 +305,28 @@ def fit_all(runs: pd.DataFrame, families: list[str], targets: list[str], holdout
             for c in candidates:
                 c["chosen"] = c is best
                 if c["status"] == "ok":
-                    c.update(bootstrap_power_law(group, target, FAMILIES[c["family"]], c["params"], c["p_ref"],
-                                                 c["n_ref"], resamples=resamples, seed=seed, n_starts=n_starts))
+                    boot_tasks.append((c, (group, target, c["family"], c["params"], c["p_ref"], c["n_ref"],
+                                           resamples, seed, n_starts)))
                 fits.append(c)
         m = matched_forgetting(group)
         if len(m):
             matched.append(m.assign(**coords))
+    if jobs > 1 and len(boot_tasks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_bootstrap_task, [t for _, t in boot_tasks]))
+    else:
+        results = [_bootstrap_task(t) for _, t in boot_tasks]
+    for (fit, _), result in zip(boot_tasks, results):
+        fit.update(result)
     return fits, (pd.concat(matched, ignore_index=True) if matched else pd.DataFrame())
+
+
+def _bootstrap_task(args) -> dict:
+    group, target, family, params, p_ref, n_ref, resamples, seed, n_starts = args
+    return bootstrap_power_law(group, target, FAMILIES[family], params, p_ref, n_ref, resamples=resamples,
+                               seed=seed, n_starts=n_starts)
 
 
 FIT_COLUMNS = ("target", "family", "formula", "status", "n", "k", "r2", "aic", "fit_loss", "n_starts",
@@ -341,7 +357,7 @@ def fits_table(fits: list[dict]) -> pd.DataFrame:
 
 
 def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[str], holdout_last: int,
-             resamples: int, seed: int, n_starts: int = 8) -> pd.DataFrame:
+             resamples: int, seed: int, n_starts: int = 8, jobs: int = 1) -> pd.DataFrame:
     runs = pd.read_csv(runs_csv)
     missing = [c for c in (*GROUP, *RUN, "step", "trainable_params", "loss_ft", "loss_forget") if c not in runs]
     if missing:
@@ -349,7 +365,7 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"laws.families: unknown {unknown} (known: {sorted(FAMILIES)})")
-    fits, matched = fit_all(runs, families, targets, holdout_last, resamples, seed, n_starts)
+    fits, matched = fit_all(runs, families, targets, holdout_last, resamples, seed, n_starts, jobs)
     out_dir = Path(out_dir)
     # Stale JSONs (e.g. of a family no longer configured) would be read by the figures and tables.
     shutil.rmtree(out_dir / "fits", ignore_errors=True)
