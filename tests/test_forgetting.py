@@ -1,4 +1,5 @@
-"""Forgetting metric: the definition on a toy distribution and the step-0 identity L_f = H, KL = 0."""
+"""Forgetting metric: the definition on a toy distribution, the step-0 identity L_f = H, KL = 0, and the
+one-pass evaluation against the previous checkpoint-by-checkpoint path."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from repro.lm.finetune import RunSpec, train_run
-from repro.lm.forgetting import evaluate_run, soft_cross_entropy
+from repro.lm.forgetting import evaluate_per_checkpoint, evaluate_run, plan_sweeps, soft_cross_entropy
 
 
 def test_soft_cross_entropy_on_hand_computed_distribution():
@@ -83,3 +84,79 @@ def test_logit_form_matches_the_reference_definition():
     assert float(entropy.double().sum()) == pytest.approx(ref["entropy"], rel=1e-5)
     # Identical logits give exactly zero KL, not merely a small number.
     assert torch.equal(cross_entropy_to(probs, zb), entropy)
+
+
+@pytest.mark.parametrize(
+    "cache_gb,budget_gb",
+    [(4.0, None), (0.0, None), (4.0, 1e-12)],
+    ids=["one-sweep", "base-logits-recomputed-from-hidden", "one-checkpoint-per-sweep"],
+)
+def test_one_pass_equals_the_per_checkpoint_path(trained_run, tiny_model_dir, instruct_rows, tmp_path, cache_gb, budget_gb):
+    from repro.lm.data import build_pydoc_topics
+    from repro.lm.models import load_model
+
+    _, tok = load_model(tiny_model_dir)
+    # Two corpora, the second with a ragged last batch, so column layout and batch edges are both covered.
+    forgetting = {"topics": _corpus(tiny_model_dir), "short": build_pydoc_topics({"num_sequences": 5, "length": 20}, tok)}
+    common = dict(batch_size=2, threads=1, progress=False)
+    # The reference is the old path where it costs two forwards per checkpoint: no base cache.
+    ref = evaluate_per_checkpoint(trained_run / "summary.json", tiny_model_dir, instruct_rows["heldout"], forgetting,
+                                  tmp_path / "ref.csv", max_cache_gb=0.0, **common)
+    new = evaluate_run(trained_run / "summary.json", tiny_model_dir, instruct_rows["heldout"], forgetting,
+                       tmp_path / "eval.csv", max_cache_gb=cache_gb, adapter_budget_gb=budget_gb, **common)
+    # eval.csv keeps its format: same header, same column order, one row per checkpoint.
+    assert (tmp_path / "eval.csv").read_text().splitlines()[0] == (tmp_path / "ref.csv").read_text().splitlines()[0]
+    assert [r["step"] for r in new] == [r["step"] for r in ref] == [0, 1, 2, 4]
+    for r, n in zip(ref, new):
+        assert list(n) == list(r)
+        for key, value in r.items():
+            if isinstance(value, int):
+                assert n[key] == value, key
+            elif key.startswith("kl_forget"):
+                # KL is a difference of two fp32 quantities of size L_f: its precision is relative to L_f.
+                assert n[key] == pytest.approx(value, rel=1e-6, abs=1e-6 * r["loss_forget"]), key
+            else:
+                assert n[key] == pytest.approx(value, rel=1e-6), key
+    assert new[0]["kl_forget"] == 0.0 and new[-1]["kl_forget"] > 1e-6
+
+
+def test_one_pass_runs_the_base_once_per_batch(tiny_model_dir):
+    from repro.lm.finetune import build_adapter_model
+    from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass
+    from repro.lm.models import load_model
+
+    base, tok = load_model(tiny_model_dir)
+    model = build_adapter_model(base, "lora", 4, 8, 0.0, ["q_proj", "v_proj"]).eval()
+    bank = AdapterBank(model)
+    g = torch.Generator().manual_seed(0)
+    for step in (0, 5, 9):
+        bank.add(step, {k: torch.randn(t.shape, generator=g) * 0.1 for k, t in bank.targets.items()})
+    corpus = ForgettingCorpus("c", _corpus(tiny_model_dir), tok, batch_size=2)  # 3 sequences: 2 batches
+    calls = []
+    model.get_base_model().get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    res = forgetting_one_pass(model, [corpus], bank, [0, 5, 9], max_cache_gb=1.0)
+    assert len(calls) == 2 * (1 + 3)  # per batch: one base forward, one per checkpoint
+    # Each checkpoint's number is its own adapter's: the reference path on the same adapter agrees.
+    bank.activate(5)
+    assert res[5]["c"]["loss_forget"] == pytest.approx(corpus.evaluate(model)["loss_forget"], rel=1e-6)
+    assert len({res[s]["c"]["kl_forget"] for s in res}) == 3
+
+
+def test_adapter_bank_rejects_foreign_keys(tiny_model_dir):
+    from repro.lm.finetune import build_adapter_model
+    from repro.lm.forgetting import AdapterBank
+    from repro.lm.models import load_model
+
+    base, _ = load_model(tiny_model_dir)
+    bank = AdapterBank(build_adapter_model(base, "lora", 4, 8, 0.0, ["q_proj"]))
+    weights = {k: torch.zeros(t.shape) for k, t in bank.targets.items()}
+    weights.pop(next(iter(weights)))  # a missing key would silently keep the previous checkpoint's weights
+    with pytest.raises(RuntimeError, match="missing"):
+        bank.add(1, weights, source="ckpt")
+
+
+def test_sweeps_hold_as_many_checkpoints_as_fit():
+    steps = [0, 1, 2, 4, 8]
+    assert plan_sweeps(steps, 100, float("inf")) == [steps]
+    assert plan_sweeps(steps, 100, 250) == [[0, 1], [2, 4], [8]]
+    assert plan_sweeps(steps, 100, 10) == [[0], [1], [2], [4], [8]]  # never fewer than one

@@ -4,6 +4,7 @@ ALL_TARGETS.append(f"{RESULTS}/lm/runs.csv")
 
 
 rule download_model:
+    priority: 100  # the language-model chain is the critical path: it starts first, short jobs fill the gaps
     output:
         manifest=f"{RESOURCES}/models/{{model}}/manifest.json",
     log:
@@ -23,6 +24,7 @@ rule download_model:
 
 
 rule prepare_data:
+    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
     output:
@@ -45,6 +47,7 @@ rule prepare_data:
 
 
 rule finetune:
+    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         data=f"{RESULTS}/data/{{model}}/manifest.json",
@@ -72,6 +75,7 @@ rule finetune:
 
 
 rule evaluate:
+    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
@@ -112,6 +116,7 @@ else:
 
 
 rule evaluate_tasks_base:
+    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
     output:
@@ -133,6 +138,7 @@ rule evaluate_tasks_base:
 
 
 rule evaluate_tasks:
+    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
@@ -155,6 +161,7 @@ rule evaluate_tasks:
 
 
 rule aggregate:
+    priority: 100
     input:
         **_evals_inputs(),
         summaries=[f"{r}/summary.json" for r in all_runs()],

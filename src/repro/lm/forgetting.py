@@ -4,9 +4,19 @@ L_f = mean over positions of -sum_v p_base(v|ctx) log p_ft(v|ctx): the cross-ent
 model against the base model's full next-token distribution (not the ground-truth tokens). It splits
 exactly as L_f = H(p_base) + KL(p_base || p_ft); all three are reported, each computed directly.
 
-The base model is loaded once per job; its distribution on each forgetting corpus is computed once
-(with the adapter disabled) and kept in memory when it fits in ``max_cache_gb``, otherwise recomputed
-batch by batch. Adapters are swapped in place between checkpoints.
+One pass (``evaluate_run``): the base model is loaded once per job and every checkpoint's adapter is
+loaded once onto the device; each batch of a forgetting corpus gets one forward with the adapters
+disabled, and that base distribution serves every checkpoint, whose adapter is copied in place into
+the LoRA parameters before its own forward. Nothing vocabulary-sized outlives a batch, so memory no
+longer grows with the corpus, and a run with K checkpoints costs K + 1 forwards per batch instead of 2K.
+
+``evaluate.max_cache_gb`` bounds the base distribution kept for one batch (fp32, kept positions x
+vocabulary). When a batch's exceeds it, only the base model's last hidden states are kept and the
+output layer is reapplied for each checkpoint: no second decoder pass, identical numbers.
+
+``evaluate_per_checkpoint`` is the previous path, kept as the reference the one-pass results and the
+benchmark (benchmarks/lm_speed.py) are checked against: per checkpoint, the base distribution is read
+from a whole-corpus cache when it fits in ``max_cache_gb`` and recomputed per batch otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +28,10 @@ from pathlib import Path
 import torch
 
 from .tokens import collate, encode_rows
+
+# Output-layer rows per vocabulary chunk: fp32 temporaries of a chunk stay near 256 MB whatever the
+# vocabulary, while each chunk is still a large enough matmul to reach the device's GEMM speed.
+CHUNK_ELEMENTS = 1 << 26
 
 
 def soft_cross_entropy(base_logprobs, ft_logprobs, mask=None) -> dict[str, float]:
@@ -45,14 +59,19 @@ def _logits(model, ids, mask):
     return model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
 
 
+def base_probs(logits):
+    """Base-model probabilities (fp32 logits in) and their log-normaliser."""
+    lse = torch.logsumexp(logits, dim=-1)
+    return (logits - lse.unsqueeze(-1)).exp_(), lse
+
+
 def base_distribution(logits):
     """Base-model probabilities and per-position entropy from its logits.
 
     H = lse(z) - sum_v p_v z_v, the same expression as the cross-entropy below: with identical logits
     (an untrained adapter) the two agree bit for bit, so KL is exactly 0 at step 0.
     """
-    lse = torch.logsumexp(logits, dim=-1)
-    probs = torch.exp(logits - lse.unsqueeze(-1))
+    probs, lse = base_probs(logits)
     return probs, lse - _dot(probs, logits)
 
 
@@ -82,10 +101,14 @@ class ForgettingCorpus:
             ids, mask, _ = collate(self.examples[lo : lo + self.batch_size], self.pad_id)
             yield ids.to(device), mask.to(device)
 
+    def n_batches(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
     def n_positions(self) -> int:
         return sum(len(e.input_ids) for e in self.examples)
 
     def prepare(self, model, max_cache_gb: float, vocab_size: int) -> None:
+        """Reference path: cache the whole corpus's base distribution when it fits in max_cache_gb."""
         need_gb = self.n_positions() * vocab_size * 4 / 1e9
         if need_gb > max_cache_gb:
             self.cache = None
@@ -98,6 +121,7 @@ class ForgettingCorpus:
         self.cache = cache
 
     def evaluate(self, model) -> dict[str, float]:
+        """Reference path: L_f of the model's active adapter (two forwards per batch without a cache)."""
         device = next(model.parameters()).device
         ce_sum = ent_sum = kl_sum = 0.0
         n = 0
@@ -123,7 +147,120 @@ class ForgettingCorpus:
         }
 
 
-def heldout_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, int]:
+class AdapterBank:
+    """Adapter weights of several checkpoints held on the model's device, swapped in by an in-place copy.
+
+    The copy targets are the tensors peft saves (get_peft_model_state_dict), which share storage with
+    the LoRA parameters, so a swap moves no module and allocates nothing.
+    """
+
+    def __init__(self, model):
+        from peft import get_peft_model_state_dict
+
+        self.targets = get_peft_model_state_dict(model)
+        params = {p.data_ptr() for p in model.parameters()}
+        aliased = [k for k, t in self.targets.items() if t.data_ptr() not in params]
+        if aliased:
+            raise RuntimeError(f"adapter tensors are copies, not the model's parameters: {aliased[:3]}")
+        self.weights: dict[int, list] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.targets.values())
+
+    def add(self, step: int, weights: dict, source: str = "adapter") -> None:
+        missing = sorted(set(self.targets) - set(weights))
+        unexpected = sorted(set(weights) - set(self.targets))
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{source}: adapter keys do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        self.weights[step] = [weights[k].to(device=t.device, dtype=t.dtype) for k, t in self.targets.items()]
+
+    def load(self, step: int, checkpoint_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        device = next(iter(self.targets.values())).device
+        self.add(step, load_file(Path(checkpoint_dir) / "adapter_model.safetensors", device=str(device)),
+                 source=str(checkpoint_dir))
+
+    def activate(self, step: int) -> None:
+        with torch.no_grad():
+            for target, weight in zip(self.targets.values(), self.weights[step]):
+                target.copy_(weight)
+
+    def clear(self) -> None:
+        self.weights.clear()
+
+
+def _hidden(model, ids, mask, keep):
+    """Last hidden states at the kept positions, (n_kept, hidden)."""
+    decoder = model.get_base_model().get_decoder()
+    return decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[keep]
+
+
+def _chunks(n: int, vocab: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // vocab)
+    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def forgetting_one_pass(model, corpora, bank: AdapterBank, steps, max_cache_gb: float, tick=None) -> dict:
+    """L_f, base entropy and KL of every checkpoint in ``steps`` (all held in ``bank``), one sweep per corpus.
+
+    Per batch: the decoder runs once with adapters disabled, then once per checkpoint. The output
+    layer runs chunk by chunk on the kept positions only, in the model's dtype; everything over the
+    vocabulary is upcast per chunk and reduced in fp32, sums accumulate in fp64. Returns
+    {step: {corpus name: {loss_forget, base_entropy, kl_forget, forget_positions}}}.
+    """
+    head = model.get_base_model().get_output_embeddings()
+    vocab = head.weight.shape[0]
+    device = head.weight.device
+    out = {s: {} for s in steps}
+    with torch.inference_mode():
+        for corpus in corpora:
+            acc = torch.zeros(len(steps), 2, dtype=torch.float64, device=device)  # ce, kl per checkpoint
+            ent_sum = torch.zeros((), dtype=torch.float64, device=device)
+            n = 0
+            for ids, mask in corpus.batches(device):
+                keep = mask.bool()
+                with model.disable_adapter():
+                    h_base = _hidden(model, ids, mask, keep)
+                n_kept = h_base.shape[0]
+                n += n_kept
+                chunks = _chunks(n_kept, vocab)
+                keep_probs = n_kept * vocab * 4 <= max_cache_gb * 1e9
+                probs, entropy = [], []
+                for c in chunks:
+                    p, ent = base_distribution(head(h_base[c]).float())
+                    probs.append(p if keep_probs else None)
+                    entropy.append(ent.double())
+                    ent_sum += entropy[-1].sum()
+                if tick:
+                    tick(1)
+                for i, step in enumerate(steps):
+                    bank.activate(step)
+                    h_ft = _hidden(model, ids, mask, keep)
+                    for c, p, ent in zip(chunks, probs, entropy):
+                        if p is None:
+                            p, _ = base_probs(head(h_base[c]).float())
+                        ce = cross_entropy_to(p, head(h_ft[c]).float()).double()
+                        acc[i, 0] += ce.sum()
+                        acc[i, 1] += (ce - ent).sum()
+                    if tick:
+                        tick(1)
+            ent_mean = float(ent_sum) / n
+            for i, step in enumerate(steps):
+                ce_sum, kl_sum = acc[i].tolist()
+                out[step][corpus.name] = {
+                    "loss_forget": ce_sum / n,
+                    "base_entropy": ent_mean,
+                    "kl_forget": kl_sum / n,
+                    "forget_positions": n,
+                }
+    return out
+
+
+def heldout_loss(model, examples, pad_id: int, batch_size: int, tick=None) -> tuple[float, int]:
     """Token-weighted mean next-token cross-entropy over supervised tokens of held-out examples."""
     from .finetune import causal_lm_loss
 
@@ -135,7 +272,79 @@ def heldout_loss(model, examples, pad_id: int, batch_size: int) -> tuple[float, 
             loss, n = causal_lm_loss(model, ids, mask, labels, fast=True)
             total += float(loss) * n
             count += n
+            if tick:
+                tick(1)
     return total / count, count
+
+
+def _adapter_budget_bytes(device) -> float:
+    """Memory the stored adapters of one sweep may take: half of what the device has free now."""
+    if torch.device(device).type == "cuda":
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return free / 2
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024 / 2
+    except (OSError, KeyError, ValueError):
+        return float("inf")
+
+
+def plan_sweeps(steps: list[int], adapter_bytes: int, budget_bytes: float) -> list[list[int]]:
+    """Checkpoints evaluated together: as many as their stored adapters fit in the budget (at least one).
+
+    Every extra sweep costs one more base forward per batch; at the paper's largest ranks the adapters
+    of all checkpoints do not fit on one GPU at once.
+    """
+    per_sweep = max(1, int(budget_bytes // max(adapter_bytes, 1))) if budget_bytes != float("inf") else len(steps)
+    return [steps[i : i + per_sweep] for i in range(0, len(steps), per_sweep)]
+
+
+def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, threads: int):
+    from peft import PeftModel
+
+    from .models import load_model
+
+    torch.set_num_threads(threads)
+    summary_path = Path(summary_path)
+    run_dir = summary_path.parent
+    summary = json.loads(summary_path.read_text())
+    checkpoints = {int(s): run_dir / p for s, p in summary["checkpoints"].items()}
+    missing = [str(p) for p in checkpoints.values() if not (p / "adapter_model.safetensors").exists()]
+    if missing:
+        raise FileNotFoundError(f"{summary_path}: checkpoints listed but missing: {', '.join(missing)}")
+    base, tokenizer = load_model(model_dir, dtype=dtype, device=device)
+    model = PeftModel.from_pretrained(base, checkpoints[min(checkpoints)], is_trainable=False)
+    model.eval()
+    return run_dir, summary, checkpoints, model, tokenizer
+
+
+def _heldout_examples(heldout_rows, tokenizer, summary):
+    heldout = encode_rows(heldout_rows, tokenizer, summary["max_length"], what="held-out data")
+    # The mean is order-free; batching similar lengths together only removes padding work.
+    heldout.sort(key=lambda e: len(e.input_ids))
+    return heldout
+
+
+def _row(step: int, loss_ft: float, n_ft: int, per_corpus: list[tuple[str, dict]]) -> dict:
+    # Column order is eval.csv's format: the first corpus also fills the unsuffixed columns.
+    row = {"step": step, "loss_ft": loss_ft, "ft_tokens": n_ft}
+    for i, (name, res) in enumerate(per_corpus):
+        for key, value in res.items():
+            row[f"{key}__{name}"] = value
+            if i == 0:
+                row[key] = value
+    return row
+
+
+def _write_csv(rows: list[dict], out_csv: Path) -> None:
+    out_csv = Path(out_csv)
+    tmp = out_csv.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out_csv)
 
 
 def evaluate_run(
@@ -150,34 +359,68 @@ def evaluate_run(
     dtype: str = "float32",
     threads: int = 2,
     progress: bool = True,
+    adapter_budget_gb: float | None = None,
 ) -> list[dict]:
-    import torch
-    from peft import PeftModel, set_peft_model_state_dict
+    """L_ft and L_f of every checkpoint of a run in one pass over each corpus; writes eval.csv.
+
+    ``adapter_budget_gb`` caps the checkpoints' adapters held at once (default: half the device's
+    free memory); checkpoints beyond it go to further sweeps, each with its own base forwards.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir, summary, checkpoints, model, tokenizer = _open_run(summary_path, model_dir, device, dtype, threads)
+    corpora = [ForgettingCorpus(name, rows, tokenizer, batch_size) for name, rows in forgetting.items()]
+    heldout = _heldout_examples(heldout_rows, tokenizer, summary)
+    bank = AdapterBank(model)
+    dev = next(model.parameters()).device
+    budget = adapter_budget_gb * 1e9 if adapter_budget_gb is not None else _adapter_budget_bytes(dev)
+    sweeps = plan_sweeps(sorted(checkpoints), bank.nbytes, budget)
+
+    # One tick per forward pass, so the bar's rate and estimate hold across the mixed phases.
+    n_heldout = -(-len(heldout) // batch_size)
+    corpus_batches = sum(c.n_batches() for c in corpora)
+    total = sum(corpus_batches * (1 + len(s)) + n_heldout * len(s) for s in sweeps)
+    bar = tqdm(total=total, desc=f"evaluating {run_dir.name}", unit="fwd", disable=not progress)
+    results = {}
+    for sweep in sweeps:
+        for step in sweep:
+            bank.load(step, checkpoints[step])
+        forgetting_res = forgetting_one_pass(model, corpora, bank, sweep, max_cache_gb, tick=bar.update)
+        for step in sweep:
+            bank.activate(step)
+            loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size, tick=bar.update)
+            results[step] = _row(step, loss_ft, n_ft, [(c.name, forgetting_res[step][c.name]) for c in corpora])
+        bank.clear()
+    bar.close()
+    rows = [results[s] for s in sorted(results)]
+    _write_csv(rows, out_csv)
+    return rows
+
+
+def evaluate_per_checkpoint(
+    summary_path: Path,
+    model_dir: Path,
+    heldout_rows: list[dict],
+    forgetting: dict[str, list[dict]],
+    out_csv: Path,
+    batch_size: int = 8,
+    max_cache_gb: float = 4.0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    threads: int = 2,
+    progress: bool = True,
+) -> list[dict]:
+    """The previous evaluation, checkpoint after checkpoint (reference for tests and benchmarks)."""
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    from .models import load_model
-
-    torch.set_num_threads(threads)
-    summary_path = Path(summary_path)
-    run_dir = summary_path.parent
-    summary = json.loads(summary_path.read_text())
-    checkpoints = {int(s): run_dir / p for s, p in summary["checkpoints"].items()}
-    missing = [str(p) for p in checkpoints.values() if not (p / "adapter_model.safetensors").exists()]
-    if missing:
-        raise FileNotFoundError(f"{summary_path}: checkpoints listed but missing: {', '.join(missing)}")
-
-    base, tokenizer = load_model(model_dir, dtype=dtype, device=device)
-    first = min(checkpoints)
-    model = PeftModel.from_pretrained(base, checkpoints[first], is_trainable=False)
-    model.eval()
+    run_dir, summary, checkpoints, model, tokenizer = _open_run(summary_path, model_dir, device, dtype, threads)
     vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
     corpora = [ForgettingCorpus(name, rows, tokenizer, batch_size) for name, rows in forgetting.items()]
     for corpus in corpora:
         corpus.prepare(model, max_cache_gb, vocab)
-    heldout = encode_rows(heldout_rows, tokenizer, summary["max_length"], what="held-out data")
-    # The mean is order-free; batching similar lengths together only removes padding work.
-    heldout.sort(key=lambda e: len(e.input_ids))
+    heldout = _heldout_examples(heldout_rows, tokenizer, summary)
 
     rows = []
     dev = next(model.parameters()).device
@@ -188,19 +431,6 @@ def evaluate_run(
         if unexpected:
             raise RuntimeError(f"{checkpoints[step]}: adapter keys do not match the model: {unexpected[:3]}")
         loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size)
-        row = {"step": step, "loss_ft": loss_ft, "ft_tokens": n_ft}
-        for i, corpus in enumerate(corpora):
-            res = corpus.evaluate(model)
-            for key, value in res.items():
-                row[f"{key}__{corpus.name}"] = value
-                if i == 0:
-                    row[key] = value
-        rows.append(row)
-    out_csv = Path(out_csv)
-    tmp = out_csv.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out_csv)
+        rows.append(_row(step, loss_ft, n_ft, [(c.name, c.evaluate(model)) for c in corpora]))
+    _write_csv(rows, out_csv)
     return rows

@@ -1,0 +1,310 @@
+"""Speed of repro's language-model evaluation and training step against their baselines, in one run.
+
+eval: on the same corpus batches, side by side in alternating rounds,
+  - one_pass        repro.lm.forgetting.forgetting_one_pass over K checkpoints (one base forward per
+                    batch, then one forward per checkpoint with its adapter swapped in place);
+  - per_checkpoint  the previous path (ForgettingCorpus.evaluate without the base cache): two forwards
+                    per batch and checkpoint, adapters set with peft's set_peft_model_state_dict;
+  - forward         a bare transformers forward (logits) of the base model over the same tokens.
+  one_pass and per_checkpoint count corpus tokens x checkpoints, forward counts corpus tokens, so
+  ratio_vs_forward = 1 would be an evaluation of every checkpoint at the price of one bare forward.
+
+train: repro's step (benchmarks/finetune_cpu.py's repro_step: length-grouped batches, output layer at
+  supervised positions only) against the plain transformers+peft step (finetune_cpu.plain_step), on
+  the same synthetic examples each round; tok/s counts supervised tokens. plain_compiled runs the plain
+  step on torch.compile(model) (only with --compile: compiling takes minutes on a CPU). mfu: input
+  tokens/s x 4 x (matmul parameters: decoder + output layer) over the device's peak, i.e. forward plus
+  the activation-gradient backward of frozen weights; adapter and attention-score FLOPs left out.
+  Peak: nominal dense figure for known GPUs, else a measured large matmul in the same dtype.
+  peak_mem_gb: CUDA allocator peak during the training rounds; on CPU the process's peak RSS.
+
+Weights are random with the real architecture (speed does not depend on their values):
+
+    python benchmarks/lm_speed.py --device cpu --model smollm2-135m --json /tmp/lm_speed.json
+    python benchmarks/lm_speed.py --device cuda --model llama2-7b --compile --json /tmp/lm_speed.json
+    python benchmarks/lm_speed.py --model tiny --json /tmp/tiny.json          # seconds: the test's run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from finetune_cpu import TARGETS, plain_step, repro_step  # noqa: E402
+
+from repro.cluster.resources import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E402
+from repro.lm.finetune import batch_schedule, build_adapter_model  # noqa: E402
+from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass  # noqa: E402
+from repro.lm.tokens import IGNORE, Example  # noqa: E402
+
+TINY = ModelShape(0, 64, 128, 2, 4, 2, 512)
+SHAPES = {"tiny": TINY, "smollm2-135m": SMOLLM2_135M, "llama2-7b": LLAMA2_7B}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Dense (no sparsity) peak FLOP/s of the GPUs the presets name, by dtype.
+NOMINAL_PEAK = {
+    "H200": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 66.9e12},
+    "H100": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 66.9e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_model(name: str, device: str, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s = SHAPES[name]
+    cfg = LlamaConfig(vocab_size=s.vocab_size, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+                      num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
+                      num_key_value_heads=s.num_key_value_heads, max_position_embeddings=4096,
+                      tie_word_embeddings=name != "llama2-7b")
+    torch.manual_seed(0)
+    # Built on the device in its dtype: a 7B model never passes through fp32 host memory.
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
+def random_adapters(bank: AdapterBank, steps, seed: int) -> dict[int, dict]:
+    """Adapter weights per checkpoint, B nonzero so every checkpoint differs from the base."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for step in steps:
+        out[step] = {}
+        for key, t in bank.targets.items():
+            std = 0.02 if "lora_B" in key else 1 / t.shape[-1] ** 0.5
+            out[step][key] = (torch.randn(t.shape, generator=g) * std).to(device=t.device, dtype=t.dtype)
+    return out
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_eval(args, dtype) -> dict:
+    from peft import set_peft_model_state_dict
+
+    bare = build_model(args.model, args.device, dtype)
+    model = build_adapter_model(copy.deepcopy(bare), "rslora", args.rank, 16, 0.0, TARGETS).eval()
+    bank = AdapterBank(model)
+    steps = list(range(args.checkpoints))
+    adapters = random_adapters(bank, steps, seed=1)
+    for step, weights in adapters.items():
+        bank.add(step, weights)
+    vocab = SHAPES[args.model].vocab_size
+    g = torch.Generator().manual_seed(2)
+    n_seq = args.batches * args.batch_size
+    rows = [{"input_ids": torch.randint(3, vocab, (args.seq_len,), generator=g).tolist()} for _ in range(n_seq)]
+    pad = SimpleNamespace(pad_token_id=0)
+    corpus = ForgettingCorpus("bench", rows, pad, args.batch_size)
+    warm = ForgettingCorpus("warm", [{"input_ids": rows[0]["input_ids"][:16]}], pad, 1)
+    tokens = corpus.n_positions()
+
+    def one_pass(c):
+        return forgetting_one_pass(model, [c], bank, steps, args.max_cache_gb)
+
+    def per_checkpoint(c):
+        c.cache = None  # the case the one pass replaces: base distribution not cached
+        out = {}
+        for step in steps:
+            set_peft_model_state_dict(model, adapters[step])
+            out[step] = {c.name: c.evaluate(model)}
+        return out
+
+    def forward(c):
+        with torch.inference_mode():
+            for ids, mask in c.batches(args.device):
+                bare(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    variants = {"one_pass": one_pass, "per_checkpoint": per_checkpoint, "forward": forward}
+    for fn in variants.values():  # allocator, thread pools, kernels: outside the measurement
+        fn(warm)
+    seconds = {k: [] for k in variants}
+    outputs = {}
+    for rnd in range(args.rounds):
+        order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
+        for name in order:
+            sync(args.device)
+            t0 = time.perf_counter()
+            outputs[name] = variants[name](corpus)
+            sync(args.device)
+            seconds[name].append(time.perf_counter() - t0)
+        print(f"eval round {rnd + 1}/{args.rounds}: " + ", ".join(f"{k} {seconds[k][-1]:.2f} s" for k in variants),
+              flush=True)
+    # Same numbers from both paths, on the measured batches themselves.
+    ref, new = outputs["per_checkpoint"], outputs["one_pass"]
+    rel = max(abs(new[s]["bench"]["loss_forget"] / ref[s]["bench"]["loss_forget"] - 1) for s in steps)
+    kl_abs = max(abs(new[s]["bench"]["kl_forget"] - ref[s]["bench"]["kl_forget"]) for s in steps)
+    work = {"one_pass": tokens * len(steps), "per_checkpoint": tokens * len(steps), "forward": tokens}
+    tps = {k: work[k] * args.rounds / sum(seconds[k]) for k in variants}
+    del bare, model, bank, adapters
+    return {
+        "one_pass_tok_s": tps["one_pass"],
+        "per_checkpoint_tok_s": tps["per_checkpoint"],
+        "forward_tok_s": tps["forward"],
+        "ratio_vs_per_checkpoint": tps["one_pass"] / tps["per_checkpoint"],
+        "ratio_vs_forward": tps["one_pass"] / tps["forward"],
+        "median_round_ratio_vs_per_checkpoint": statistics.median(
+            b / a for a, b in zip(seconds["one_pass"], seconds["per_checkpoint"])),
+        "checkpoints": len(steps),
+        "corpus_tokens": tokens,
+        "max_rel_diff_loss_forget": rel,
+        "max_abs_diff_kl_forget": kl_abs,
+    }
+
+
+def synthetic_examples(n: int, max_length: int, vocab: int, seed: int) -> list[Example]:
+    """Chat-like examples: lengths spread over [max_length/4, max_length], the first ~half unsupervised."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(max_length // 4, max_length + 1, (1,), generator=g))
+        prompt = int(torch.randint(length // 4, 3 * length // 4 + 1, (1,), generator=g))
+        ids = torch.randint(3, vocab, (length,), generator=g).tolist()
+        out.append(Example(ids, [IGNORE] * prompt + ids[prompt:]))
+    return out
+
+
+def peak_flops(device: str, dtype_name: str, dtype) -> tuple[float, str]:
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for known, peaks in NOMINAL_PEAK.items():
+            if known in name:
+                return peaks[dtype_name], f"nominal dense {known} {dtype_name}"
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a
+    reps = 3
+    t = timed(lambda: [a @ a for _ in range(reps)], device)
+    return 2 * n**3 * reps / t, f"measured {n}x{n} matmul, {dtype_name}"
+
+
+def bench_train(args, dtype, dtype_name: str) -> dict:
+    s = SHAPES[args.model]
+    model = build_adapter_model(build_model(args.model, args.device, dtype), "rslora", args.rank, 16, 0.0, TARGETS)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    n_per_round = args.train_steps * args.train_batch_size
+    examples = synthetic_examples(n_per_round * args.rounds, args.train_max_length, s.vocab_size, seed=3)
+    dev, pad = args.device, 0
+    variants = {
+        "plain": (False, lambda b: plain_step(model, opt, b, pad, dev)),
+        "repro": (True, lambda b: repro_step(model, opt, b, pad, dev, fast=True)),
+    }
+    if args.compile:
+        compiled = torch.compile(model, dynamic=True)
+        variants["plain_compiled"] = (False, lambda b: plain_step(compiled, opt, b, pad, dev))
+    for _grouped, step in variants.values():  # warm-up (and compilation) outside the measurement
+        step(examples[: args.train_batch_size])
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = {k: [] for k in variants}
+    supervised = inputs = 0
+    for rnd in range(args.rounds):
+        pool = examples[rnd * n_per_round : (rnd + 1) * n_per_round]
+        supervised += sum(e.n_supervised for e in pool)
+        inputs += sum(len(e.input_ids) for e in pool)
+        lengths = [len(e.input_ids) for e in pool]
+        order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
+        for name in order:
+            grouped, step = variants[name]
+            sched = batch_schedule(lengths, args.train_batch_size, seed=rnd, n_batches=args.train_steps,
+                                   group_by_length=grouped)
+            seconds[name].append(timed(lambda: [step([pool[i] for i in b]) for b in sched], dev))
+        print(f"train round {rnd + 1}/{args.rounds}: " + ", ".join(f"{k} {seconds[k][-1]:.2f} s" for k in variants),
+              flush=True)
+    tps = {k: supervised / sum(v) for k, v in seconds.items()}
+    tied = model.get_base_model().config.tie_word_embeddings
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
+    matmul_params += s.vocab_size * s.hidden_size if tied else 0  # a tied output layer is still a matmul
+    peak, source = peak_flops(dev, dtype_name, dtype)
+    input_tps = inputs / sum(seconds["repro"])
+    if dev == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated() / 1e9
+        mem_source = "torch.cuda.max_memory_allocated during the training rounds"
+    else:
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        mem_source = "peak RSS of the benchmark process (evaluation part included)"
+    return {
+        "repro_tok_s": tps["repro"],
+        "plain_tok_s": tps["plain"],
+        "plain_compiled_tok_s": tps.get("plain_compiled"),
+        "ratio": tps["repro"] / tps["plain"],
+        "mfu": input_tps * 4 * matmul_params / peak,
+        "peak_mem_gb": peak_mem,
+        "tokens": "supervised",
+        "mfu_peak_flops": peak,
+        "mfu_peak_source": source,
+        "peak_mem_source": mem_source,
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--model", choices=sorted(SHAPES), default="smollm2-135m")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="measured rounds of each part (variants alternate)")
+    parser.add_argument("--checkpoints", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4, help="evaluation batch (sequences)")
+    parser.add_argument("--seq-len", type=int, default=128, help="forgetting-corpus sequence length")
+    parser.add_argument("--batches", type=int, default=2, help="evaluation batches per round")
+    parser.add_argument("--max-cache-gb", type=float, default=4.0, help="evaluate.max_cache_gb of the one pass")
+    parser.add_argument("--train-batch-size", type=int, default=4)
+    parser.add_argument("--train-max-length", type=int, default=128)
+    parser.add_argument("--train-steps", type=int, default=3, help="steps per loop per round")
+    parser.add_argument("--compile", action="store_true", help="also time the plain step on torch.compile(model)")
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    dtype_name = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    dtype = DTYPES[dtype_name]
+    torch.set_num_threads(args.threads)
+
+    result = {"config": {**{k: str(v) for k, v in vars(args).items()}, "dtype": dtype_name,
+                         "torch": torch.__version__,
+                         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}}
+    result["eval"] = bench_eval(args, dtype)
+    e = result["eval"]
+    print(f"eval  {args.model} {dtype_name} on {args.device}, {e['checkpoints']} checkpoints x {e['corpus_tokens']} "
+          f"tokens: one pass {e['one_pass_tok_s']:.1f} tok/s, per checkpoint {e['per_checkpoint_tok_s']:.1f}, "
+          f"bare forward {e['forward_tok_s']:.1f}; ratio {e['ratio_vs_per_checkpoint']:.2f}x vs per checkpoint, "
+          f"{e['ratio_vs_forward']:.2f}x vs forward (L_f agrees to {e['max_rel_diff_loss_forget']:.1e} rel)")
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_train:
+        result["train"] = t = bench_train(args, dtype, dtype_name)
+        compiled = f", plain compiled {t['plain_compiled_tok_s']:.1f}" if t["plain_compiled_tok_s"] else ""
+        print(f"train {args.model}: repro {t['repro_tok_s']:.1f} supervised tok/s, plain {t['plain_tok_s']:.1f}"
+              f"{compiled}; ratio {t['ratio']:.2f}x, MFU {t['mfu']:.1%}, peak memory {t['peak_mem_gb']:.2f} GB")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
