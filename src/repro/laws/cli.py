@@ -100,9 +100,12 @@ def cmd_design(args) -> int:
         runs = runs[(runs["model"] == args.model if args.model else True)
                     & (runs["dataset"] == args.dataset if args.dataset else True)]
     steps = pd.read_csv(args.steps) if args.steps else None
-    table = design_table(runs, steps, targets=args.targets, width=args.width, resamples=args.bootstrap,
-                         seed=args.seed, min_ranks=args.min_ranks, max_steps=args.max_steps,
-                         eval_seconds_per_checkpoint=args.eval_seconds_per_checkpoint, jobs=args.jobs)
+    try:
+        table = design_table(runs, steps, targets=args.targets, width=args.width, resamples=args.bootstrap,
+                             seed=args.seed, min_ranks=args.min_ranks, max_steps=args.max_steps,
+                             eval_seconds_per_checkpoint=args.eval_seconds_per_checkpoint, jobs=args.jobs)
+    except ValueError as exc:
+        raise SystemExit(f"repro laws design: {args.runs}: {exc}") from None
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False)
