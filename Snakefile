@@ -3,6 +3,8 @@
 #   snakemake --cores all                                   # embedded default (config.yaml)
 #   snakemake --cores all --configfile presets/test.yaml    # a preset replaces config.yaml whole
 import json
+import os
+import sys
 from pathlib import Path
 
 from repro.config import ConfigError, validate_config, config_hash, format_lr
@@ -20,6 +22,11 @@ try:
     )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+
+# Rules call `repro` by name: the one installed beside the Python running Snakemake comes first on PATH,
+# so `.venv/bin/snakemake ...` works without activating anything (a rule's conda env, when --use-conda
+# activates it, still goes in front).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 RESULTS = "results"
 RESOURCES = "resources"

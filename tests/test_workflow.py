@@ -153,3 +153,20 @@ def test_killed_finetune_job_resumes_under_snakemake(tmp_path):
     a = pd.read_csv(killed / "results/lm/runs.csv").drop(columns=["run_dir"])
     b = pd.read_csv(clean / "results/lm/runs.csv").drop(columns=["run_dir"])
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_readme_snakemake_command_runs_without_the_venv_on_path(tmp_path):
+    """README's `.venv/bin/snakemake ...` as written: no activated venv, `repro` not on PATH."""
+    import os
+    import sys
+
+    ws = _workspace(tmp_path / "ws")
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != bin_dir)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PATH")}
+    proc = subprocess.run([str(Path(bin_dir) / "snakemake"), "--cores", "1", "results/laws/rank_stability.csv",
+                           "--configfile", "presets/test.yaml"], cwd=ws, env={**env, "PATH": path},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (ws / "results/laws/rank_stability_slopes.csv").stat().st_size > 0
