@@ -61,7 +61,7 @@ def test_bootstrap_intervals_cover_the_true_exponents(family):
     intervals that miss far more often than that (the per-run offset is 3x the checkpoint noise).
     """
     with ProcessPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(_covered, [(family, rep, 24) for rep in range(50)]))
+        results = list(pool.map(_covered, [(family, rep, 20) for rep in range(50)]))
     coverage = {p: np.mean([r[0][p] for r in results]) for p in ("alpha", "beta")}
     assert all(r[1]["converged"] and r[1]["n_starts"] >= 8 for r in results)
     assert coverage["alpha"] >= 0.85 and coverage["beta"] >= 0.85, coverage
