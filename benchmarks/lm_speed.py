@@ -5,9 +5,10 @@ eval: on the same corpus batches, side by side in alternating rounds,
                     batch, then one forward per checkpoint with its adapter swapped in place);
   - per_checkpoint  the previous path (ForgettingCorpus.evaluate without the base cache): two forwards
                     per batch and checkpoint, adapters set with peft's set_peft_model_state_dict;
-  - forward         a bare transformers forward (logits) of the base model over the same tokens.
-  one_pass and per_checkpoint count corpus tokens x checkpoints, forward counts corpus tokens, so
-  ratio_vs_forward = 1 would be an evaluation of every checkpoint at the price of one bare forward.
+  - forward         a bare transformers forward (logits) of the base model over the same tokens,
+                    repeated K times.
+  All count corpus tokens x K, so ratio_vs_forward = 1 would be an evaluation of each checkpoint at
+  the price of one bare forward over the corpus (the ideal is K / (K + 1) less the adapters' cost).
 
 train: repro's step (benchmarks/finetune_cpu.py's repro_step: length-grouped batches, output layer at
   supervised positions only) against the plain transformers+peft step (finetune_cpu.plain_step), on
@@ -132,9 +133,12 @@ def bench_eval(args, dtype) -> dict:
         return out
 
     def forward(c):
+        # Repeated once per checkpoint so that every variant is timed over a similar span: a short
+        # measurement on a shared machine is at the mercy of one burst of another process.
         with torch.inference_mode():
-            for ids, mask in c.batches(args.device):
-                bare(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            for _ in steps:
+                for ids, mask in c.batches(args.device):
+                    bare(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
     variants = {"one_pass": one_pass, "per_checkpoint": per_checkpoint, "forward": forward}
     for fn in variants.values():  # allocator, thread pools, kernels: outside the measurement
@@ -155,7 +159,7 @@ def bench_eval(args, dtype) -> dict:
     ref, new = outputs["per_checkpoint"], outputs["one_pass"]
     rel = max(abs(new[s]["bench"]["loss_forget"] / ref[s]["bench"]["loss_forget"] - 1) for s in steps)
     kl_abs = max(abs(new[s]["bench"]["kl_forget"] - ref[s]["bench"]["kl_forget"]) for s in steps)
-    work = {"one_pass": tokens * len(steps), "per_checkpoint": tokens * len(steps), "forward": tokens}
+    work = {k: tokens * len(steps) for k in variants}
     tps = {k: work[k] * args.rounds / sum(seconds[k]) for k in variants}
     del bare, model, bank, adapters
     return {
