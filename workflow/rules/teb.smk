@@ -104,7 +104,7 @@ rule teb_eval:
         **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["train"]["eval_samples"]),
+        fingerprint=fingerprint(TEB["train"]["eval_samples"], TEB["train"]["prior_samples"]),
         target=lambda wildcards, input: str(Path(input.target).parent),
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input.runs),
     shell:

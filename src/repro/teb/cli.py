@@ -91,11 +91,13 @@ def cmd_eval(args) -> int:
     for run in args.runs:
         meta = json.loads((Path(run) / "summary.json").read_text())
         runs[(meta["variant"], parse_beta(None if meta["beta"] is None else str(meta["beta"])))] = Path(run)
-    df = evaluate_task(args.task, spec["kind"], data, runs, args.target, teb["train"]["eval_samples"], args.seed)
+    df = evaluate_task(args.task, spec["kind"], data, runs, args.target, teb["train"]["eval_samples"],
+                       teb["train"]["prior_samples"], args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    cols = ["variant", "beta", "te_estimate", "kl", "te_estimate_switch", "mse_switch", "accuracy_switch"]
+    cols = ["variant", "beta", "te_estimate", "te_estimate_se", "kl", "gain_vs_target", "mse_switch",
+            "accuracy_switch", "accuracy_noswitch"]
     print(df[cols].to_string(index=False))
     return 0
 
@@ -203,7 +205,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory (model.pt, log.csv, summary.json)")
     p.set_defaults(func=cmd_train)
 
-    p = teb.add_parser("eval", help="TE estimate, KL and switch-event quality of every model of a task")
+    p = teb.add_parser("eval", help="TE estimate, KL, gain over the target-only model and switch-event quality of every model")
     cfg(p)
     p.add_argument("--task", required=True)
     p.add_argument("--data", required=True, type=Path)

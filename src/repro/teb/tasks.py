@@ -248,7 +248,22 @@ def make_digits(spec: dict, seed: int) -> tuple[dict, dict]:
 # Needle in a haystack: coloured bouncing balls with a colour switch
 
 BALL_COLOURS = (np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]]) * 2 + 1) / 3.0
+# The one-pixel source labels use the plain palette (channel levels 0 and 1), as in the authors' code;
+# only the balls are drawn in the whitened colours above.
+PATCH_COLOURS = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=float)
 COLOUR_NAMES = ("white", "red", "green", "blue", "yellow", "magenta", "cyan")
+
+
+def noisy_patches(colours: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Label pixels [..., 3]: each channel moved from its level towards the other by U(0, noise).
+
+    One-sided, as in the authors' generator: with noise < 0.5 every colour stays recognisable. A
+    symmetric U(-noise, noise) on the whitened palette (levels 1/3 and 1) made neighbouring colours
+    overlap, so about a fifth of the label pixels could not be read.
+    """
+    levels = PATCH_COLOURS[colours]
+    r = rng.uniform(0.0, noise, levels.shape)
+    return np.where(levels > 0.5, levels - r, levels + r)
 
 
 def bouncing_balls(n: int, frames: int, n_balls: int, radius: float, box: float, speed: float,
@@ -291,17 +306,20 @@ def make_needle_split(n: int, spec: dict, rng: np.random.Generator) -> dict:
     frames = inten[:, :, None] * BALL_COLOURS[colour][:, None, :, None, None]  # [n, l+1, 3, s, s]
     frames[:, l] = inten[:, l, None] * BALL_COLOURS[nxt][:, :, None, None]
     # Source: nd + 1 one-pixel frames; one (at a random position) holds the next colour, the others
-    # are distractors that the target history also sees, so only the needle is new information.
+    # are distractors that the target history also holds, as the very same noisy pixels (the authors'
+    # copies), so the needle is the one source frame without a twin in the history. Drawn with fresh
+    # noise the history's copies only roughly matched the source's, and no model found the needle.
     distract = rng.integers(0, ncol, (n, nd))
     pos = rng.integers(0, nd + 1, n)
-    src_col = np.empty((n, nd + 1), dtype=np.int64)
+    dis_pix = noisy_patches(distract, spec["label_noise"], rng)  # [n, nd, 3]
+    needle_pix = noisy_patches(nxt, spec["label_noise"], rng)  # [n, 3]
+    src_pix = np.empty((n, nd + 1, 3))
     for i in range(n):
-        src_col[i] = np.insert(distract[i], pos[i], nxt[i])
-    pix = BALL_COLOURS[src_col] + rng.uniform(-spec["label_noise"], spec["label_noise"], (n, nd + 1, 3))
+        src_pix[i] = np.insert(dis_pix[i], pos[i], needle_pix[i], axis=0)
     src = np.zeros((n, nd + 1, 3, S, S))
-    src[:, :, :, 1, 1] = pix
+    src[:, :, :, 1, 1] = src_pix
     dis = np.zeros((n, nd, 3, S, S))
-    dis[:, :, :, 1, 1] = BALL_COLOURS[distract] + rng.uniform(-spec["label_noise"], spec["label_noise"], (n, nd, 3))
+    dis[:, :, :, 1, 1] = dis_pix
     return {
         "y": _to_uint8(np.concatenate([frames[:, :l], dis], axis=1)),
         "x": _to_uint8(src),

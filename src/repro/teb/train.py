@@ -125,6 +125,9 @@ def load_model(path: Path, data: dict, mcfg: dict | None = None, target: TEBNet 
 
 
 def task_epochs(teb: dict, spec: dict, which: str) -> int:
+    """Epochs of the task's TEB stage (``epochs``) or target-only model (``target_epochs``, default: the same)."""
+    if which == "target_epochs":
+        return spec.get(which) or teb["train"].get(which) or task_epochs(teb, spec, "epochs")
     return spec.get(which) or teb["train"][which]
 
 
@@ -144,6 +147,8 @@ def train_run(teb: dict, spec: dict, data: dict, variant: str, beta, seed: int, 
     if variant in STOCHASTIC and beta is None:
         raise ValueError(f"variant {variant} needs --beta")
     net = build(variant, data, mcfg, target)
+    if variant != "teb":  # TEB from context starts from the trained target model's decoder
+        net.start_output_variance(as_float(data["train"]["target"]))
     epochs = task_epochs(teb, spec, "target_epochs" if variant == "target" else "epochs")
     desc = f"{spec.get('name', spec['kind'])} {variant}" + (f" beta={beta:g}" if beta is not None else "")
     tcfg = {**teb["train"], "batch_size": spec.get("batch_size") or teb["train"]["batch_size"]}
