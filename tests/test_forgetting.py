@@ -87,11 +87,12 @@ def test_logit_form_matches_the_reference_definition():
 
 
 @pytest.mark.parametrize(
-    "cache_gb,budget_gb",
-    [(4.0, None), (0.0, None), (4.0, 1e-12)],
-    ids=["one-sweep", "base-logits-recomputed-from-hidden", "one-checkpoint-per-sweep"],
+    "cache_gb,budget_gb,merge",
+    [(4.0, None, False), (4.0, None, True), (0.0, None, True), (4.0, 1e-12, True)],
+    ids=["peft-branch", "merged", "base-logits-recomputed-from-hidden", "one-checkpoint-per-sweep"],
 )
-def test_one_pass_equals_the_per_checkpoint_path(trained_run, tiny_model_dir, instruct_rows, tmp_path, cache_gb, budget_gb):
+def test_one_pass_equals_the_per_checkpoint_path(trained_run, tiny_model_dir, instruct_rows, tmp_path, cache_gb,
+                                                 budget_gb, merge):
     from repro.lm.data import build_pydoc_topics
     from repro.lm.models import load_model
 
@@ -103,7 +104,8 @@ def test_one_pass_equals_the_per_checkpoint_path(trained_run, tiny_model_dir, in
     ref = evaluate_per_checkpoint(trained_run / "summary.json", tiny_model_dir, instruct_rows["heldout"], forgetting,
                                   tmp_path / "ref.csv", max_cache_gb=0.0, **common)
     new = evaluate_run(trained_run / "summary.json", tiny_model_dir, instruct_rows["heldout"], forgetting,
-                       tmp_path / "eval.csv", max_cache_gb=cache_gb, adapter_budget_gb=budget_gb, **common)
+                       tmp_path / "eval.csv", max_cache_gb=cache_gb, adapter_budget_gb=budget_gb,
+                       merge_adapters=merge, **common)
     # eval.csv keeps its format: same header, same column order, one row per checkpoint.
     assert (tmp_path / "eval.csv").read_text().splitlines()[0] == (tmp_path / "ref.csv").read_text().splitlines()[0]
     assert [r["step"] for r in new] == [r["step"] for r in ref] == [0, 1, 2, 4]
@@ -131,11 +133,16 @@ def test_one_pass_runs_the_base_once_per_batch(tiny_model_dir):
     g = torch.Generator().manual_seed(0)
     for step in (0, 5, 9):
         bank.add(step, {k: torch.randn(t.shape, generator=g) * 0.1 for k, t in bank.targets.items()})
+    assert bank.merge  # fp32 weights: merged by default
     corpus = ForgettingCorpus("c", _corpus(tiny_model_dir), tok, batch_size=2)  # 3 sequences: 2 batches
     calls = []
     model.get_base_model().get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    weights = {n: (p, p.detach().clone()) for n, p in model.named_parameters() if "base_layer" in n}
     res = forgetting_one_pass(model, [corpus], bank, [0, 5, 9], max_cache_gb=1.0)
     assert len(calls) == 2 * (1 + 3)  # per batch: one base forward, one per checkpoint
+    # The merged weights were scratch: the model is left with its own base weights, untouched.
+    assert all(p is weights[n][0] and torch.equal(p, weights[n][1])
+               for n, p in model.named_parameters() if "base_layer" in n)
     # Each checkpoint's number is its own adapter's: the reference path on the same adapter agrees.
     bank.activate(5)
     assert res[5]["c"]["loss_forget"] == pytest.approx(corpus.evaluate(model)["loss_forget"], rel=1e-6)

@@ -5,10 +5,17 @@ model against the base model's full next-token distribution (not the ground-trut
 exactly as L_f = H(p_base) + KL(p_base || p_ft); all three are reported, each computed directly.
 
 One pass (``evaluate_run``): the base model is loaded once per job and every checkpoint's adapter is
-loaded once onto the device; each batch of a forgetting corpus gets one forward with the adapters
-disabled, and that base distribution serves every checkpoint, whose adapter is copied in place into
-the LoRA parameters before its own forward. Nothing vocabulary-sized outlives a batch, so memory no
-longer grows with the corpus, and a run with K checkpoints costs K + 1 forwards per batch instead of 2K.
+loaded once onto the device (in several sweeps only when they do not all fit, see ``plan_sweeps``);
+each batch of a forgetting corpus gets one forward with the adapters disabled, and that base
+distribution serves every checkpoint, whose adapter is copied in place into the LoRA parameters
+before its own forward. Nothing vocabulary-sized outlives a batch, so memory no longer grows with the
+corpus, and a run with K checkpoints costs K + 1 forwards per batch where the previous path, without
+its whole-corpus cache, cost 2K.
+
+In fp32 each checkpoint's adapter is merged into a scratch copy of the weights for its forward (see
+AdapterBank): L_f, H and L_ft then agree with peft's unmerged forward to ~1e-9 relative and KL to
+~1e-8 absolute, the rounding of fp32 sums of size L_f; ``merge_adapters=False`` reproduces the
+previous path bit for bit.
 
 ``evaluate.max_cache_gb`` bounds the base distribution kept for one batch (fp32, kept positions x
 vocabulary). When a batch's exceeds it, only the base model's last hidden states are kept and the
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -152,17 +160,40 @@ class AdapterBank:
 
     The copy targets are the tensors peft saves (get_peft_model_state_dict), which share storage with
     the LoRA parameters, so a swap moves no module and allocates nothing.
+
+    With ``merge`` (default: when every adapted weight is fp32), a checkpoint's forward runs on merged
+    weights W + s B A, written into one scratch copy of the adapted weights, instead of peft's extra
+    low-rank branch: on the shared 2-core machine that branch cost 10-100% of a bare forward (many small
+    ops, each a thread barrier, the worse the busier the machine), merging costs one rank-r matmul per
+    weight per batch. fp32 rounds W + s B A at the
+    level of the unmerged sum; in bf16 it would round away most of an early checkpoint's update, so
+    lower precisions keep the branch.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, merge: bool | None = None):
         from peft import get_peft_model_state_dict
+        from peft.tuners.lora import LoraLayer
 
+        self.model = model
         self.targets = get_peft_model_state_dict(model)
         params = {p.data_ptr() for p in model.parameters()}
         aliased = [k for k, t in self.targets.items() if t.data_ptr() not in params]
         if aliased:
             raise RuntimeError(f"adapter tensors are copies, not the model's parameters: {aliased[:3]}")
         self.weights: dict[int, list] = {}
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        mergeable = all(
+            isinstance(m.base_layer, torch.nn.Linear) and not m.lora_variant and not m.fan_in_fan_out
+            and m.base_layer.weight.dtype == torch.float32
+            for m in self.layers
+        )
+        self.merge = mergeable if merge is None else merge
+        if self.merge and not mergeable:
+            raise ValueError("merge: only plain LoRA on fp32 nn.Linear weights is merged")
+        if self.merge:
+            self._base_weights = [m.base_layer.weight for m in self.layers]
+            self._merged_weights = [torch.nn.Parameter(torch.empty_like(w), requires_grad=False)
+                                    for w in self._base_weights]
 
     @property
     def nbytes(self) -> int:
@@ -185,9 +216,35 @@ class AdapterBank:
                  source=str(checkpoint_dir))
 
     def activate(self, step: int) -> None:
+        """Copy a checkpoint's adapter into the LoRA parameters (the model as peft would run it)."""
         with torch.no_grad():
             for target, weight in zip(self.targets.values(), self.weights[step]):
                 target.copy_(weight)
+
+    @contextmanager
+    def base(self):
+        """The base model: adapters disabled."""
+        with self.model.disable_adapter():
+            yield
+
+    @contextmanager
+    def applied(self, step: int):
+        """The model fine-tuned to checkpoint ``step`` (merged or through peft's branch)."""
+        self.activate(step)
+        if not self.merge:
+            yield
+            return
+        with torch.no_grad():
+            for m, w, merged in zip(self.layers, self._base_weights, self._merged_weights):
+                name = m.active_adapters[0]
+                torch.addmm(w, m.lora_B[name].weight, m.lora_A[name].weight, alpha=m.scaling[name], out=merged)
+                m.base_layer.weight = merged
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            for m, w in zip(self.layers, self._base_weights):
+                m.base_layer.weight = w
 
     def clear(self) -> None:
         self.weights.clear()
@@ -223,7 +280,7 @@ def forgetting_one_pass(model, corpora, bank: AdapterBank, steps, max_cache_gb: 
             n = 0
             for ids, mask in corpus.batches(device):
                 keep = mask.bool()
-                with model.disable_adapter():
+                with bank.base():
                     h_base = _hidden(model, ids, mask, keep)
                 n_kept = h_base.shape[0]
                 n += n_kept
@@ -238,8 +295,8 @@ def forgetting_one_pass(model, corpora, bank: AdapterBank, steps, max_cache_gb: 
                 if tick:
                     tick(1)
                 for i, step in enumerate(steps):
-                    bank.activate(step)
-                    h_ft = _hidden(model, ids, mask, keep)
+                    with bank.applied(step):
+                        h_ft = _hidden(model, ids, mask, keep)
                     for c, p, ent in zip(chunks, probs, entropy):
                         if p is None:
                             p, _ = base_probs(head(h_base[c]).float())
@@ -360,18 +417,20 @@ def evaluate_run(
     threads: int = 2,
     progress: bool = True,
     adapter_budget_gb: float | None = None,
+    merge_adapters: bool | None = None,
 ) -> list[dict]:
     """L_ft and L_f of every checkpoint of a run in one pass over each corpus; writes eval.csv.
 
     ``adapter_budget_gb`` caps the checkpoints' adapters held at once (default: half the device's
     free memory); checkpoints beyond it go to further sweeps, each with its own base forwards.
+    ``merge_adapters``: see AdapterBank (default: merged when the weights are fp32).
     """
     from tqdm.auto import tqdm
 
     run_dir, summary, checkpoints, model, tokenizer = _open_run(summary_path, model_dir, device, dtype, threads)
     corpora = [ForgettingCorpus(name, rows, tokenizer, batch_size) for name, rows in forgetting.items()]
     heldout = _heldout_examples(heldout_rows, tokenizer, summary)
-    bank = AdapterBank(model)
+    bank = AdapterBank(model, merge=merge_adapters)
     dev = next(model.parameters()).device
     budget = adapter_budget_gb * 1e9 if adapter_budget_gb is not None else _adapter_budget_bytes(dev)
     sweeps = plan_sweeps(sorted(checkpoints), bank.nbytes, budget)
@@ -387,8 +446,8 @@ def evaluate_run(
             bank.load(step, checkpoints[step])
         forgetting_res = forgetting_one_pass(model, corpora, bank, sweep, max_cache_gb, tick=bar.update)
         for step in sweep:
-            bank.activate(step)
-            loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size, tick=bar.update)
+            with bank.applied(step):
+                loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size, tick=bar.update)
             results[step] = _row(step, loss_ft, n_ft, [(c.name, forgetting_res[step][c.name]) for c in corpora])
         bank.clear()
     bar.close()
