@@ -23,10 +23,16 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+
 # Rules call `repro` by name: the one installed beside the Python running Snakemake comes first on PATH,
 # so `.venv/bin/snakemake ...` works without activating anything (a rule's conda env, when --use-conda
 # activates it, still goes in front).
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+envvars:
+    "PATH",
+
+
+_inherited_path = os.environ["PATH"]
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), _inherited_path])
 
 RESULTS = "results"
 RESOURCES = "resources"

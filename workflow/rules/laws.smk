@@ -40,7 +40,6 @@ LM_REPORT_CATEGORIES = {
 
 
 rule fit_laws:
-    priority: 100
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
@@ -55,6 +54,7 @@ rule fit_laws:
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
     log:
         "logs/laws/fit_laws.log",
+    priority: 100
     conda:
         "../../envs/laws.yaml"
     # The bootstraps are independent: two workers halve the wall time at the end of the DAG.
@@ -89,7 +89,6 @@ rule rank_stability:
 
 
 rule figures:
-    priority: 100
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
@@ -99,6 +98,7 @@ rule figures:
         [lm_report(f) for f in LM_FIGURES],
     log:
         "logs/report/figures.log",
+    priority: 100
     conda:
         "../../envs/report.yaml"
     resources:
@@ -112,7 +112,6 @@ rule figures:
 
 
 rule tables:
-    priority: 100
     input:
         fits=f"{LAWS}/fits.csv",
         early=f"{LAWS}/early_stopping.csv",
@@ -121,6 +120,7 @@ rule tables:
         LM_TABLES,
     log:
         "logs/report/tables.log",
+    priority: 100
     conda:
         "../../envs/report.yaml"
     resources:
@@ -133,7 +133,6 @@ rule tables:
 
 
 rule numbers:
-    priority: 100
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         fits=f"{LAWS}/fits.csv",
@@ -143,6 +142,7 @@ rule numbers:
         f"{RESULTS}/numbers.tex",
     log:
         "logs/report/numbers.log",
+    priority: 100
     conda:
         "../../envs/report.yaml"
     resources:

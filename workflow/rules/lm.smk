@@ -4,11 +4,11 @@ ALL_TARGETS.append(f"{RESULTS}/lm/runs.csv")
 
 
 rule download_model:
-    priority: 100  # the language-model chain is the critical path: it starts first, short jobs fill the gaps
     output:
         manifest=f"{RESOURCES}/models/{{model}}/manifest.json",
     log:
         f"logs/download_model/{{model}}.log",
+    priority: 100  # the language-model chain is the critical path: it starts first, short jobs fill the gaps
     conda:
         "../../envs/lm.yaml"
     resources:
@@ -24,13 +24,13 @@ rule download_model:
 
 
 rule prepare_data:
-    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
     output:
         manifest=f"{RESULTS}/data/{{model}}/manifest.json",
     log:
         f"logs/prepare_data/{{model}}.log",
+    priority: 100
     conda:
         "../../envs/lm.yaml"
     threads: config["finetune"]["threads"]
@@ -47,7 +47,6 @@ rule prepare_data:
 
 
 rule finetune:
-    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         data=f"{RESULTS}/data/{{model}}/manifest.json",
@@ -56,6 +55,7 @@ rule finetune:
         log=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/train_log.csv",
     log:
         f"logs/finetune/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
+    priority: 100
     conda:
         "../../envs/lm.yaml"
     threads: config["finetune"]["threads"]
@@ -75,7 +75,6 @@ rule finetune:
 
 
 rule evaluate:
-    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
@@ -84,6 +83,7 @@ rule evaluate:
         f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/eval.csv",
     log:
         f"logs/evaluate/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
+    priority: 100
     conda:
         "../../envs/lm.yaml"
     threads: config["finetune"]["threads"]
@@ -116,13 +116,13 @@ else:
 
 
 rule evaluate_tasks_base:
-    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
     output:
         f"{RESULTS}/lm/evals/{{model}}/base.csv",
     log:
         f"logs/evaluate_tasks/{{model}}/base.log",
+    priority: 100
     conda:
         "../../envs/lm.yaml"
     threads: config["finetune"]["threads"]
@@ -138,7 +138,6 @@ rule evaluate_tasks_base:
 
 
 rule evaluate_tasks:
-    priority: 100
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
@@ -146,6 +145,7 @@ rule evaluate_tasks:
         f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/tasks.csv",
     log:
         f"logs/evaluate_tasks/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
+    priority: 100
     conda:
         "../../envs/lm.yaml"
     threads: config["finetune"]["threads"]
@@ -161,7 +161,6 @@ rule evaluate_tasks:
 
 
 rule aggregate:
-    priority: 100
     input:
         **_evals_inputs(),
         summaries=[f"{r}/summary.json" for r in all_runs()],
@@ -171,6 +170,7 @@ rule aggregate:
         steps=f"{RESULTS}/lm/steps.csv",
     log:
         "logs/aggregate.log",
+    priority: 100
     conda:
         "../../envs/report.yaml"
     resources:
