@@ -164,7 +164,9 @@ class SlurmCluster:
         import re
 
         text = self.ctld_log.read_text(errors="replace") if self.ctld_log.exists() else ""
-        return {int(m) for m in re.findall(r"sched: Allocate JobId=(\d+)", text)}
+        # The main scheduler logs "Allocate JobId=N"; on a busy machine the backfill scheduler may start
+        # the job instead and logs "_start_job: Started JobId=N".
+        return {int(m) for m in re.findall(r"(?:sched: Allocate|sched/backfill: _start_job: Started) JobId=(\d+)", text)}
 
     def stop(self) -> None:
         for pid in self.pids().values():
