@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io import atomic_write_text, json_default
 from .powerlaw import (
     FAMILIES,
     FIT_LOSS,
@@ -372,16 +373,8 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
     (out_dir / "fits").mkdir(parents=True, exist_ok=True)
     for f in fits:
         name = "_".join(str(f[k]) for k in (*GROUP, "target", "family"))
-        (out_dir / "fits" / f"{name}.json").write_text(json.dumps(f, indent=2, default=_json_default))
+        atomic_write_text(out_dir / "fits" / f"{name}.json", json.dumps(f, indent=2, default=json_default))
     table = fits_table(fits)
     table.to_csv(out_dir / "fits.csv", index=False)
     matched.to_csv(out_dir / "early_stopping.csv", index=False)
     return table
-
-
-def _json_default(value):
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return float(value)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, json_default
 from .powerlaw import (
     FAMILIES,
     FIT_LOSS,
@@ -144,7 +144,7 @@ def _bootstrap(fam, data, x1_ref, x2_ref, fit, resamples, seed, n_starts, progre
 
 
 def write_json(result: dict, out: Path) -> None:
-    atomic_write_text(Path(out), json.dumps(result, indent=2, default=_default) + "\n")
+    atomic_write_text(Path(out), json.dumps(result, indent=2, default=json_default) + "\n")
 
 
 def one_line(result: dict) -> str:
@@ -156,11 +156,3 @@ def one_line(result: dict) -> str:
 
 def _fmt(v: float) -> str:
     return f"{v:.6g}" if math.isfinite(v) else str(v)
-
-
-def _default(value):
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return float(value)
