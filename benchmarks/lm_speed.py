@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from finetune_cpu import TARGETS, plain_step, repro_step  # noqa: E402
 
-from repro.cluster.resources import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E402
+from repro.cluster.shapes import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E402
 from repro.lm.finetune import batch_schedule, build_adapter_model  # noqa: E402
 from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass  # noqa: E402
 from repro.lm.tokens import IGNORE, Example  # noqa: E402

@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from repro.cluster.resources import KNOWN_SHAPES  # noqa: E402
+from repro.cluster.shapes import KNOWN_SHAPES  # noqa: E402
 from repro.cluster.throughput import COLUMNS, TABLE, read_table  # noqa: E402
 from repro.lm.finetune import build_adapter_model, causal_lm_loss  # noqa: E402
 

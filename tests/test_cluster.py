@@ -12,7 +12,8 @@ import pytest
 import tomllib
 import yaml
 
-from repro.cluster.resources import KNOWN_SHAPES, job_resources, model_shape
+from repro.cluster.resources import job_resources
+from repro.cluster.shapes import KNOWN_SHAPES, model_shape
 from repro.cluster.throughput import COLUMNS, forecast, rate, read_table
 from repro.config import load_config
 
@@ -99,6 +100,9 @@ def test_forecast_prefers_measurements_and_says_which_it_used():
 
 def test_recorded_throughput_table_is_well_formed():
     rows = read_table()
+    # The table ships with the package: the CPU rows the default's forecast and requests are sized by.
+    assert any(r["device"] == "cpu" and r["phase"] == "train" for r in rows)
+    assert any(r["device"] == "cpu" and r["phase"] == "eval" for r in rows)
     for row in rows:
         assert set(COLUMNS) <= set(row) and float(row["tokens_per_s"]) > 0 and int(row["rank"]) >= 1
 

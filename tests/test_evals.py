@@ -15,6 +15,7 @@ import yaml
 
 from repro.config import ConfigError, load_config
 from repro.lm import evals, taskgen
+from repro.lm.runs import planned_eval_steps
 
 torch.set_num_threads(1)
 
@@ -253,15 +254,6 @@ def test_advbench_csv_is_read_from_a_path(tmp_path):
 # Checkpoint selection and config errors
 
 
-def test_select_steps_first_middle_last():
-    grid = [0, 1, 2, 4, 8, 16, 32, 64]
-    assert evals.select_steps(grid, ["first", "middle", "last"]) == [0, 8, 64]
-    assert evals.select_steps(grid, ["last", 4]) == [4, 64]
-    assert evals.select_steps(grid, ["all"]) == grid
-    with pytest.raises(ConfigError, match=r"evals.checkpoints\[1\]"):
-        evals.select_steps(grid, ["first", 3])
-
-
 def _config(tmp_path, **evals_block):
     cfg = yaml.safe_load(open("presets/test.yaml"))
     cfg["evals"] = {**cfg.get("evals", {}), **evals_block}
@@ -292,7 +284,7 @@ def test_shipped_configs_plan_their_eval_steps():
     for name, expected in (("config.yaml", [0, 8, 64]), ("presets/test.yaml", [0, 2, 8])):
         cfg = load_config(name)
         evals.check_config(cfg)
-        assert evals.planned_steps(cfg) == expected
+        assert planned_eval_steps(cfg) == expected
     paper = load_config("presets/paper.yaml")
     assert paper["evals"]["tasks"] == ["arc_easy", "arc_challenge", "mmlu", "hellaswag"]
 

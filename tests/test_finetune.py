@@ -16,7 +16,6 @@ from repro.lm.finetune import (
     batch_schedule,
     build_adapter_model,
     causal_lm_loss,
-    checkpoint_grid,
     count_trainable,
     train_run,
 )
@@ -24,20 +23,6 @@ from repro.lm.models import load_model
 from repro.lm.tokens import collate, encode_rows
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def test_checkpoint_grid_log2_includes_zero_and_last():
-    assert checkpoint_grid(64) == [0, 1, 2, 4, 8, 16, 32, 64]
-    assert checkpoint_grid(100) == [0, 1, 2, 4, 8, 16, 32, 64, 100]
-    assert checkpoint_grid(1) == [0, 1]
-
-
-def test_checkpoint_grid_geometric_and_explicit():
-    grid = checkpoint_grid(1000, 5)
-    assert grid[0] == 0 and grid[-1] == 1000 and len(grid) == 5
-    ratios = [b / a for a, b in zip(grid[1:-1], grid[2:])]
-    assert max(ratios) / min(ratios) < 1.2  # log-spaced: constant ratio up to rounding
-    assert checkpoint_grid(10, [3, 7]) == [0, 3, 7, 10]
 
 
 def test_batch_schedule_is_deterministic_and_covers_each_epoch():

@@ -1,7 +1,11 @@
 # Helpers of every rule file, kept here because Snakemake's linter wants functions apart from rules.
 # Run coordinates, per-stage config fingerprints, cluster requests, report() captions and the input
-# functions of the branches; branch globals they read are defined by the branch's own file.
+# functions of the branches. They read only the Snakefile's globals (config, RESULTS, MODEL); what a
+# branch knows (its task list, its report categories) it passes in as arguments.
 import hashlib
+
+from repro.cluster.resources import job_resources
+from repro.lm.runs import planned_runs
 
 
 def fingerprint(*sections):
@@ -10,20 +14,9 @@ def fingerprint(*sections):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_dir(dataset, method, rank, lr, seed):
-    return f"{RESULTS}/lm/runs/{MODEL}/{dataset}/{method}/r{rank}/lr{lr}/seed{seed}"
-
-
 def all_runs():
-    ft = config["finetune"]
-    return [
-        run_dir(d, m, r, format_lr(lr), s)
-        for d in ft["datasets"]
-        for m in ft["methods"]
-        for r in ft["ranks"]
-        for lr in ft["learning_rates"]
-        for s in ft["seeds"]
-    ]
+    """Folder of every run of the sweep (the run plan: repro.lm.runs)."""
+    return [run.directory(RESULTS) for run in planned_runs(config)]
 
 
 wildcard_constraints:
@@ -50,20 +43,18 @@ def folder(files, key, up=1):
     return locate
 
 
-from repro.cluster.resources import job_resources
-
-
 def resources_for(family):
     """Cluster requests (mem_mb, runtime, cpus_per_task, gpu, partition) of a rule family, from the config."""
     return job_resources(family, config)
 
 
 # laws branch
-def lm_report(path):
+def lm_report(path, categories):
+    """PNG figures go into the HTML report, captioned by their name's stem (``categories``: stem -> category)."""
     name = Path(path).name
     if not name.endswith(".png"):
         return path
-    for stem, category in LM_REPORT_CATEGORIES.items():
+    for stem, category in categories.items():
         if name.startswith(stem):
             return report(path, caption=f"../report/{stem}.rst", category=category)
     return report(path, caption="../report/lm_figure.rst", category="Forgetting laws")
@@ -85,31 +76,32 @@ def comp_report(path):
 
 
 # lm branch
-def _evals_inputs():
-    if not EVALS:
-        return {}
-    out = {"tasks": [f"{r}/tasks.csv" for r in all_runs()] if EVAL_RUN_STEPS else []}
-    if EVAL_BASE:
+def evals_inputs(run_steps, base):
+    """Inputs of `aggregate` from the task evaluations: per-run steps ``run_steps``, the base model if ``base``."""
+    out = {"tasks": [f"{r}/tasks.csv" for r in all_runs()] if run_steps else []}
+    if base:
         out["tasks_base"] = f"{RESULTS}/lm/evals/{MODEL}/base.csv"
     return out
 
 
 # lm branch
-def _evals_args(wildcards, input):
-    if not EVALS:
-        return ""
-    args = " --with-tasks" if EVAL_RUN_STEPS else ""
-    return args + (f" --tasks-base {input.tasks_base}" if EVAL_BASE else "")
+def evals_args(run_steps, base):
+    def args(wildcards, input):
+        text = " --with-tasks" if run_steps else ""
+        return text + (f" --tasks-base {input.tasks_base}" if base else "")
+
+    return args
 
 
 # teb branch
-def teb_run_dir(task, variant, beta, seed):
-    return f"{TEB_DIR}/models/{task}/{variant}/beta{beta}/seed{seed}"
+def teb_task_runs(teb, teb_dir):
+    """Input function: the summaries of every source model trained on the job's task and seed."""
+    from repro.teb.runs import task_runs
 
+    def inputs(wildcards):
+        return [
+            f"{teb_dir}/models/{wildcards.task}/{v}/beta{b}/seed{wildcards.seed}/summary.json"
+            for v, b in task_runs(teb, wildcards.task)
+        ]
 
-# teb branch
-def teb_task_runs(wildcards):
-    return [
-        f"{teb_run_dir(wildcards.task, v, b, wildcards.seed)}/summary.json"
-        for v, b in task_runs(TEB, wildcards.task)
-    ]
+    return inputs

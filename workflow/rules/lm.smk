@@ -1,4 +1,8 @@
-# Language-model study: download -> data -> fine-tune -> evaluate -> aggregate.
+# Language-model study: download -> data -> fine-tune -> evaluate -> aggregate. Run folders, checkpoint
+# grids and evaluated steps come from the run plan (repro.lm.runs), as they do for the trainer and the cluster.
+from repro.lm.runs import planned_eval_steps, run_dir_pattern
+
+RUN_DIR = run_dir_pattern(RESULTS)
 
 ALL_TARGETS.append(f"{RESULTS}/lm/runs.csv")
 
@@ -51,8 +55,8 @@ rule finetune:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         data=f"{RESULTS}/data/{{model}}/manifest.json",
     output:
-        summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
-        log=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/train_log.csv",
+        summary=f"{RUN_DIR}/summary.json",
+        log=f"{RUN_DIR}/train_log.csv",
     log:
         f"logs/finetune/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
@@ -77,10 +81,10 @@ rule finetune:
 rule evaluate:
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
-        summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
+        summary=f"{RUN_DIR}/summary.json",
         data=f"{RESULTS}/data/{{model}}/manifest.json",
     output:
-        f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/eval.csv",
+        f"{RUN_DIR}/eval.csv",
     log:
         f"logs/evaluate/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
@@ -103,14 +107,14 @@ rule evaluate:
 # zero), so it is evaluated once per model; each run then evaluates only its later selected checkpoints.
 EVALS = config["evals"]["enabled"]
 if EVALS:
-    from repro.lm.evals import check_config as _check_evals, planned_steps as _planned_eval_steps
+    from repro.lm.evals import check_config as _check_evals
 
     try:
         _check_evals(config)
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
-    EVAL_BASE = 0 in _planned_eval_steps(config)
-    EVAL_RUN_STEPS = [s for s in _planned_eval_steps(config) if s > 0]
+    EVAL_BASE = 0 in planned_eval_steps(config)
+    EVAL_RUN_STEPS = [s for s in planned_eval_steps(config) if s > 0]
 else:
     EVAL_BASE, EVAL_RUN_STEPS = False, []
 
@@ -140,9 +144,9 @@ rule evaluate_tasks_base:
 rule evaluate_tasks:
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
-        summary=f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/summary.json",
+        summary=f"{RUN_DIR}/summary.json",
     output:
-        f"{RESULTS}/lm/runs/{{model}}/{{dataset}}/{{method}}/r{{rank}}/lr{{lr}}/seed{{seed}}/tasks.csv",
+        f"{RUN_DIR}/tasks.csv",
     log:
         f"logs/evaluate_tasks/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
@@ -162,7 +166,7 @@ rule evaluate_tasks:
 
 rule aggregate:
     input:
-        **_evals_inputs(),
+        **evals_inputs(EVAL_RUN_STEPS, EVAL_BASE),
         summaries=[f"{r}/summary.json" for r in all_runs()],
         evals=[f"{r}/eval.csv" for r in all_runs()],
     output:
@@ -176,6 +180,6 @@ rule aggregate:
     resources:
         **resources_for("light"),
     params:
-        evals=_evals_args,
+        evals=evals_args(EVAL_RUN_STEPS, EVAL_BASE),
     shell:
         "repro aggregate --out {output.runs} --steps-out {output.steps}{params.evals} {input.summaries} > {log} 2>&1"

@@ -16,6 +16,11 @@ TEB_FIGURES = [
 TEB_TABLES = [f"{RESULTS}/tables/teb_{name}.tex" for name in ("tasks", "te_sweep")]
 
 ALL_TARGETS.extend([*TEB_FIGURES, *TEB_TABLES, f"{TEB_DIR}/numbers.tex"])
+PAPER_INPUTS["teb"] = {
+    "figures": [f for f in TEB_FIGURES if f.endswith(".pdf")],
+    "tables": TEB_TABLES,
+    "numbers": [f"{TEB_DIR}/numbers.tex"],
+}
 
 
 rule teb_data:
@@ -92,7 +97,7 @@ rule teb_eval:
     input:
         data=f"{TEB_DIR}/data/{{task}}/data.pt",
         target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
-        runs=teb_task_runs,
+        runs=teb_task_runs(TEB, TEB_DIR),
     output:
         f"{TEB_DIR}/evals/{{task}}/seed{{seed}}.csv",
     log:

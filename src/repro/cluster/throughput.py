@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .resources import KNOWN_SHAPES, ModelShape, lm_work, model_shape
+from .shapes import KNOWN_SHAPES, ModelShape, lm_work, model_shape
 
 TABLE = Path(__file__).with_name("throughput.csv")
 COLUMNS = ["model", "device", "dtype", "phase", "rank", "batch_size", "max_length", "threads",

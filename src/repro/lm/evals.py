@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
+from ..io import atomic_open
+from .runs import planned_eval_steps, select_steps
 
 TASK_DIR = Path(__file__).with_name("tasks")
 LOCAL_TASKS = ("repro_knowledge", "repro_arithmetic", "repro_heldout_text")
@@ -35,42 +37,7 @@ RATIO_METRICS = {"bits_per_byte", "byte_perplexity", "word_perplexity"}
 
 
 # --------------------------------------------------------------------------------------------------
-# Which checkpoints
-
-
-def select_steps(grid: list[int], spec: list, key: str = "evals.checkpoints") -> list[int]:
-    """The checkpoint steps named by ``spec`` (first/middle/last/all or explicit steps) within ``grid``.
-
-    ``middle`` is the median entry of the (log-spaced) checkpoint grid, so it sits halfway in log N.
-    """
-    grid = sorted(int(s) for s in grid)
-    if not grid:
-        raise ValueError("select_steps: empty checkpoint grid")
-    chosen: set[int] = set()
-    for i, item in enumerate(spec):
-        if item == "first":
-            chosen.add(grid[0])
-        elif item == "last":
-            chosen.add(grid[-1])
-        elif item == "middle":
-            chosen.add(grid[len(grid) // 2])
-        elif item == "all":
-            chosen.update(grid)
-        elif isinstance(item, int) and not isinstance(item, bool):
-            if item not in grid:
-                raise ConfigError(f"key '{key}[{i}]': step {item} is not a checkpoint (checkpoints: {grid})")
-            chosen.add(item)
-        else:
-            raise ConfigError(f"key '{key}[{i}]': {item!r} is not first, middle, last, all or a step")
-    return sorted(chosen)
-
-
-def planned_steps(cfg: dict) -> list[int]:
-    """Steps evaluated in every run of ``cfg`` (the checkpoint grid is fixed by the config)."""
-    from .finetune import checkpoint_grid
-
-    ft = cfg["finetune"]
-    return select_steps(checkpoint_grid(ft["max_steps"], ft["checkpoints"]), cfg["evals"]["checkpoints"])
+# Config checks
 
 
 def check_config(cfg: dict) -> None:
@@ -78,7 +45,7 @@ def check_config(cfg: dict) -> None:
     ev = cfg.get("evals") or {}
     if not ev.get("enabled"):
         return
-    planned_steps(cfg)
+    planned_eval_steps(cfg)
     if not ev["tasks"] and not ev["safety"]["enabled"]:
         raise ConfigError("key 'evals.tasks': empty while evals.safety.enabled is false: nothing to evaluate")
     if not ev["local_tasks"]:
@@ -426,9 +393,7 @@ def _write(rows: list[dict], out_csv: Path) -> None:
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     fields = ["step"] + sorted({k for r in rows for k in r} - {"step"})
-    tmp = out_csv.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(out_csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out_csv)

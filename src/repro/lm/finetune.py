@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .runs import checkpoint_grid
 from .tokens import IGNORE, Example, collate, encode_rows
 
 LOG_FIELDS = [
@@ -76,19 +76,6 @@ class RunSpec:
             group_by_length=ft["group_by_length"], threads=ft["threads"], compile=ft["compile"], device=config["device"],
             dtype=config["dtype"],
         )
-
-
-def checkpoint_grid(max_steps: int, spec: object = "log2") -> list[int]:
-    """Steps at which adapters are saved: always 0 and max_steps, log-spaced in between."""
-    if spec == "log2":
-        steps = {0, max_steps} | {2**k for k in range(int(math.log2(max_steps)) + 1)}
-    elif isinstance(spec, int):
-        steps = {0, max_steps} | {int(round(x)) for x in np.geomspace(1, max_steps, spec - 1)}
-    elif isinstance(spec, (list, tuple)):
-        steps = {0, max_steps} | {int(s) for s in spec}
-    else:
-        raise ValueError(f"finetune.checkpoints: cannot build a grid from {spec!r}")
-    return sorted(s for s in steps if 0 <= s <= max_steps)
 
 
 def build_adapter_model(base_model, method: str, rank: int, alpha: float, dropout: float, target_modules):

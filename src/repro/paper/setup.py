@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 
 from ..config import config_hash
+from ..lm.runs import checkpoint_grid
+from ..report.latex import tex_escape
 from ..report.numbers import macro_name
-from ..report.tables import tex_escape
 
 PREFIX = "Cfg"
 
@@ -63,12 +64,7 @@ def derived(cfg: dict, source: str | None) -> dict[str, str]:
         for k in ("datasets", "methods", "ranks", "learning_rates", "seeds"):
             runs *= len(ft.get(k) or [])
         d["NumRuns"] = str(runs)
-        try:
-            from ..lm.finetune import checkpoint_grid
-
-            d["CheckpointSteps"] = fmt_value(checkpoint_grid(ft["max_steps"], ft.get("checkpoints", "log2")))
-        except Exception:  # the text falls back to the grid's name
-            d["CheckpointSteps"] = fmt_value(ft.get("checkpoints"))
+        d["CheckpointSteps"] = fmt_value(checkpoint_grid(ft["max_steps"], ft.get("checkpoints", "log2")))
     corpora = list((data.get("forgetting") or {}).items())
     if corpora:
         name, spec = corpora[0]

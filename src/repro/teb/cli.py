@@ -23,7 +23,7 @@ def _teb_config(path: Path) -> dict:
 
 
 def _spec(teb: dict, task: str) -> dict:
-    from .tasks import task_specs
+    from .runs import task_specs
 
     specs = task_specs(teb)
     if task not in specs:

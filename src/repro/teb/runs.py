@@ -1,10 +1,33 @@
-"""Run coordinates of the TEB branch, shared by the CLI and the workflow rules (one source of truth)."""
+"""Run coordinates of the TEB branch, shared by the CLI and the workflow rules (one source of truth).
+
+Pure functions of the config: the workflow imports this module while it is parsed, so it imports no torch.
+"""
 
 from __future__ import annotations
 
-from .tasks import task_specs
-
 NO_BETA = "none"
+
+
+def format_coupling(c: float) -> str:
+    return f"{float(c):g}"
+
+
+def task_specs(teb: dict) -> dict[str, dict]:
+    """Every enabled task, by name (AR tasks one per coupling: ``ar-c0.3``)."""
+    tasks = teb["tasks"]
+    specs: dict[str, dict] = {}
+    ar = tasks["ar"]
+    if ar["enabled"]:
+        for c in ar["couplings"]:
+            specs[f"ar-c{format_coupling(c)}"] = {"kind": "ar", "c": float(c), **{k: v for k, v in ar.items() if k != "couplings"}}
+    for kind in ("sines", "digits", "needle"):
+        if tasks[kind]["enabled"]:
+            specs[kind] = {"kind": kind, **tasks[kind]}
+    return specs
+
+
+def ar_task_name(c: float) -> str:
+    return f"ar-c{format_coupling(c)}"
 
 
 def format_beta(beta) -> str:

@@ -32,32 +32,6 @@ def _rng(seed: int, split: str, salt: str) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_OFFSET[split], h])
 
 
-def format_coupling(c: float) -> str:
-    return f"{float(c):g}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Task names and specs from the config
-
-
-def task_specs(teb: dict) -> dict[str, dict]:
-    """Every enabled task, by name (AR tasks one per coupling: ``ar-c0.3``)."""
-    tasks = teb["tasks"]
-    specs: dict[str, dict] = {}
-    ar = tasks["ar"]
-    if ar["enabled"]:
-        for c in ar["couplings"]:
-            specs[f"ar-c{format_coupling(c)}"] = {"kind": "ar", "c": float(c), **{k: v for k, v in ar.items() if k != "couplings"}}
-    for kind in ("sines", "digits", "needle"):
-        if tasks[kind]["enabled"]:
-            specs[kind] = {"kind": kind, **tasks[kind]}
-    return specs
-
-
-def ar_task_name(c: float) -> str:
-    return f"ar-c{format_coupling(c)}"
-
-
 # --------------------------------------------------------------------------------------------------
 # Coupled linear-Gaussian AR(1) streams
 

@@ -1,0 +1,107 @@
+"""The language-model run plan: which runs a config asks for, where each lives, which steps it saves
+and which of those are evaluated on the task benchmarks.
+
+Pure functions of the config, importing no torch: the workflow reads them while it is parsed, and the
+trainer, the evaluations, the cluster requests and the paper's macros read the same ones, so a run's
+directory or checkpoint grid has one definition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import ConfigError, format_lr
+
+# One run's folder under the results root; its wildcards are the run's coordinates.
+RUN_DIR_TEMPLATE = "{results}/lm/runs/{model}/{dataset}/{method}/r{rank}/lr{lr}/seed{seed}"
+COORDINATES = ("dataset", "method", "rank", "lr", "seed")
+
+
+@dataclass(frozen=True)
+class Run:
+    model: str
+    dataset: str
+    method: str
+    rank: int
+    lr: str  # formatted as in the run's folder name (format_lr)
+    seed: int
+
+    def directory(self, results: str = "results") -> str:
+        return run_dir(results, self.model, self.dataset, self.method, self.rank, self.lr, self.seed)
+
+
+def run_dir(results: str, model: str, dataset: str, method: str, rank, lr, seed) -> str:
+    return RUN_DIR_TEMPLATE.format(results=results, model=model, dataset=dataset, method=method, rank=rank,
+                                   lr=lr, seed=seed)
+
+
+def run_dir_pattern(results: str) -> str:
+    """The run folder with Snakemake wildcards in place of the coordinates."""
+    return RUN_DIR_TEMPLATE.format(results=results, **{k: "{" + k + "}" for k in ("model", *COORDINATES)})
+
+
+def planned_runs(cfg: dict) -> list[Run]:
+    """Every run of the sweep, in the config's order (datasets, methods, ranks, learning rates, seeds)."""
+    ft = cfg["finetune"]
+    model = cfg["model"]["name"]
+    return [
+        Run(model, d, m, int(r), format_lr(lr), int(s))
+        for d in ft["datasets"]
+        for m in ft["methods"]
+        for r in ft["ranks"]
+        for lr in ft["learning_rates"]
+        for s in ft["seeds"]
+    ]
+
+
+def checkpoint_grid(max_steps: int, spec: object = "log2") -> list[int]:
+    """Steps at which adapters are saved: always 0 and max_steps, log-spaced in between."""
+    if spec == "log2":
+        steps = {0, max_steps} | {2**k for k in range(int(math.log2(max_steps)) + 1)}
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        steps = {0, max_steps} | {int(round(x)) for x in np.geomspace(1, max_steps, spec - 1)}
+    elif isinstance(spec, (list, tuple)):
+        steps = {0, max_steps} | {int(s) for s in spec}
+    else:
+        raise ConfigError(f"key 'finetune.checkpoints': cannot build a checkpoint grid from {spec!r}")
+    return sorted(s for s in steps if 0 <= s <= max_steps)
+
+
+def run_checkpoints(cfg: dict) -> list[int]:
+    ft = cfg["finetune"]
+    return checkpoint_grid(ft["max_steps"], ft["checkpoints"])
+
+
+def select_steps(grid: list[int], spec: list, key: str = "evals.checkpoints") -> list[int]:
+    """The checkpoint steps named by ``spec`` (first/middle/last/all or explicit steps) within ``grid``.
+
+    ``middle`` is the median entry of the (log-spaced) checkpoint grid, so it sits halfway in log N.
+    """
+    grid = sorted(int(s) for s in grid)
+    if not grid:
+        raise ValueError("select_steps: empty checkpoint grid")
+    chosen: set[int] = set()
+    for i, item in enumerate(spec):
+        if item == "first":
+            chosen.add(grid[0])
+        elif item == "last":
+            chosen.add(grid[-1])
+        elif item == "middle":
+            chosen.add(grid[len(grid) // 2])
+        elif item == "all":
+            chosen.update(grid)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if item not in grid:
+                raise ConfigError(f"key '{key}[{i}]': step {item} is not a checkpoint (checkpoints: {grid})")
+            chosen.add(item)
+        else:
+            raise ConfigError(f"key '{key}[{i}]': {item!r} is not first, middle, last, all or a step")
+    return sorted(chosen)
+
+
+def planned_eval_steps(cfg: dict) -> list[int]:
+    """Steps of every run evaluated on the task benchmarks (step 0 is the base model, evaluated once)."""
+    return select_steps(run_checkpoints(cfg), cfg["evals"]["checkpoints"])
