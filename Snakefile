@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from repro.config import ConfigError, validate_config, config_hash, format_lr
+from repro.config import SCHEMA_PATH, ConfigError, validate_config
+from repro.io import write_if_changed
 
 # A preset given with --configfile is a complete config: it replaces config.yaml instead of being
 # merged into it (a merge would leave the default's datasets in a paper-scale run).
@@ -17,7 +18,7 @@ if not workflow.overwrite_configfiles:
 try:
     config = validate_config(
         config,
-        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
+        SCHEMA_PATH,  # inside the package, where every command reads it too
         source=", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml",
     )
 except ConfigError as exc:
@@ -38,18 +39,21 @@ RESULTS = "results"
 RESOURCES = "resources"
 MODEL = config["model"]["name"]
 
-# Every job reads the same validated config; it is rewritten only when its content changes, so
-# its timestamp never triggers reruns by itself.
+# Every job reads the same validated config. It is written when the run starts (not while the workflow
+# is parsed, so `snakemake -n` writes nothing) and only when its content changes; no rule takes it as
+# an input, so its timestamp never triggers reruns: each rule's config fingerprint does.
 RESOLVED_CONFIG = f"{RESULTS}/config/resolved.json"
-_resolved_text = json.dumps(config, indent=2, sort_keys=True)
-_resolved_path = Path(RESOLVED_CONFIG)
-if not _resolved_path.exists() or _resolved_path.read_text() != _resolved_text:
-    _resolved_path.parent.mkdir(parents=True, exist_ok=True)
-    _resolved_path.write_text(_resolved_text)
 
 
-# Each rule file appends the final outputs of its branch to ALL_TARGETS.
+onstart:
+    write_if_changed(Path(RESOLVED_CONFIG), json.dumps(config, indent=2, sort_keys=True))
+
+
+# Each rule file appends the final outputs of its branch to ALL_TARGETS, and registers what the paper
+# includes under its branch name in PAPER_INPUTS: {"figures": [...pdf], "tables": [...tex], "numbers": [...tex]}.
+# paper.smk reads only these two; a branch left out leaves a visible note in the paper.
 ALL_TARGETS = []
+PAPER_INPUTS = {}
 
 
 include: "workflow/rules/common.smk"

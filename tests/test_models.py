@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from repro.lm.models import MANIFEST, ModelSourceError, fetch_model, load_model, sha256_file
+from repro.io import sha256_file
+from repro.lm.models import MANIFEST, ModelSourceError, fetch_model, load_model
 
 
 def test_tiny_model_is_deterministic_and_safetensors_only(tiny_model_dir, tmp_path):

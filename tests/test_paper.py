@@ -111,7 +111,7 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
             assert fig.name in read, fig.name
     prov = json.loads((ws / "results/provenance.json").read_text())
     commands = set(prov["summary"]["by_command"])
-    assert {"finetune", "aggregate", "laws-fit", "report-figures", "compression-tables"} <= commands
+    assert {"finetune", "aggregate", "laws-fit", "laws-figures", "compression-tables"} <= commands
     assert any(c.startswith("evaluate") for c in commands)
     for m in prov["manifests"]:
         assert m["config_hash"] is None or len(m["config_hash"]) == 12
@@ -135,7 +135,8 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
     unpacked = subprocess.run([repro, "bundle", "unpack", str(bundle)], cwd=restored, capture_output=True,
                               text=True, timeout=300)
     assert unpacked.returncode == 0, unpacked.stderr
-    from repro.provenance.bundle import read_index, sha256_file, verify_tree
+    from repro.io import sha256_file
+    from repro.provenance.bundle import read_index, verify_tree
 
     index = read_index(bundle)
     assert verify_tree(ws, index) == [] and verify_tree(restored, index) == []

@@ -16,6 +16,7 @@ import yaml
 torch.set_num_threads(1)
 
 from repro.laws import rank_stability as rs  # noqa: E402
+from repro.laws.report import plot_rank_stability  # noqa: E402
 
 D = 128
 RANKS = [1, 2, 4, 8, 16, 32]  # r <= d_in / 4: the regime of the paper's claim
@@ -254,7 +255,7 @@ def test_matches_autograd_and_torch_optim(optimizer):
 
 def test_plot_writes_pdf_and_png(adam, sgd, tmp_path):
     for df, name in ((adam, "rank_stability_adam"), (sgd, "rank_stability_sgd")):
-        paths = rs.plot_rank_stability(rs.aggregate(df), tmp_path / "sub" / name)
+        paths = plot_rank_stability(rs.aggregate(df), tmp_path / "sub" / name)
         assert [p.suffix for p in paths] == [".pdf", ".png"]
         assert paths[0].read_bytes()[:5] == b"%PDF-" and paths[0].stat().st_size > 1000
         assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].stat().st_size > 1000
@@ -276,10 +277,11 @@ def test_cli_writes_primary_and_contrast(tmp_path, capsys):
     assert set(sl[sl.optimizer_role == "primary"].optimizer) == {"adam"}
     assert "primary (adam)" in capsys.readouterr().out
 
-    # Every rank-stability number the paper's rsLoRA section quotes is written by `repro report numbers`.
-    from repro.report.numbers import Macros, rank_stability_macros
+    # Every rank-stability number the paper's rsLoRA section quotes is written by `repro laws numbers`.
+    from repro.laws.report import rank_stability_macros
+    from repro.report.numbers import Macros
 
-    m = Macros()
+    m = Macros("repro laws numbers")
     rank_stability_macros(m, sl)
     tex = (Path(__file__).parents[1] / "paper" / "sections" / "rslora.tex").read_text()
     body = tex[tex.index(r"\newcommand{\rankstabrows}"):tex.index(r"\paragraph{Results.}")]

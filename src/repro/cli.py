@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 
-BRANCHES = ("laws", "report", "teb", "compression", "cluster", "provenance", "paper")
+BRANCHES = ("laws", "teb", "compression", "cluster", "provenance", "paper")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:

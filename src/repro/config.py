@@ -1,6 +1,6 @@
 """Configuration: schema validation with defaults, and errors that name the offending key.
 
-The same schema file (``workflow/schemas/config.schema.yaml``) documents every key. Validation runs
+The same schema file (``src/repro/schemas/config.schema.yaml``, shipped in the package) documents every key. Validation runs
 in the Snakefile before any job is scheduled, and in every CLI command that reads a config, so a bad
 config never starts (or half-finishes) a run.
 """
@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so a non-editable install (a wheel, each --use-conda environment) validates the same way.
+SCHEMA_PATH = Path(__file__).resolve().with_name("schemas") / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

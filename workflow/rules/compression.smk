@@ -21,6 +21,11 @@ COMP_TABLES = [
 COMP_NUMBERS = f"{COMP_DIR}/numbers.tex"
 
 ALL_TARGETS.extend([*COMP_TABLES, COMP_NUMBERS])
+PAPER_INPUTS["compression"] = {
+    "figures": [],
+    "tables": [f for f in COMP_TABLES if f.endswith(".tex")],
+    "numbers": [COMP_NUMBERS],
+}
 
 
 rule compression_enumerate:

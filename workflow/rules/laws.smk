@@ -28,6 +28,11 @@ if config["evals"]["enabled"]:
 LM_TABLES = [f"{TABLES}/{t}.tex" for t in ("linear_law", "power_laws", "gradient_norms", "early_stopping")]
 
 ALL_TARGETS.extend([*LM_FIGURES, *LM_TABLES, f"{RESULTS}/numbers.tex"])
+PAPER_INPUTS["laws"] = {
+    "figures": [f for f in LM_FIGURES if f.endswith(".pdf")],
+    "tables": LM_TABLES,
+    "numbers": [f"{RESULTS}/numbers.tex"],
+}
 
 # HTML report (`snakemake --report`): the PNG figures and the fit tables, one category per study.
 LM_REPORT_CATEGORIES = {
@@ -52,6 +57,7 @@ rule fit_laws:
             f"{LAWS}/gradnorm_spread.csv", caption="../report/gradnorm_spread.rst", category="rsLoRA"
         ),
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
+        curves=f"{LAWS}/curves.csv",
     log:
         "logs/laws/fit_laws.log",
     priority: 100
@@ -93,11 +99,12 @@ rule figures:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
         fits=f"{LAWS}/fits.csv",
+        curves=f"{LAWS}/curves.csv",
         stability=f"{LAWS}/rank_stability.csv",
     output:
-        [lm_report(f) for f in LM_FIGURES],
+        [lm_report(f, LM_REPORT_CATEGORIES) for f in LM_FIGURES],
     log:
-        "logs/report/figures.log",
+        "logs/laws/figures.log",
     priority: 100
     conda:
         "../../envs/report.yaml"
@@ -107,7 +114,7 @@ rule figures:
         laws=folder("input", "fits"),
         figures=folder("output", 0),
     shell:
-        "repro report figures --runs {input.runs} --steps {input.steps} --laws-dir {params.laws}"
+        "repro laws figures --runs {input.runs} --steps {input.steps} --laws-dir {params.laws}"
         " --rank-stability {input.stability} --out {params.figures} > {log} 2>&1"
 
 
@@ -119,7 +126,7 @@ rule tables:
     output:
         LM_TABLES,
     log:
-        "logs/report/tables.log",
+        "logs/laws/tables.log",
     priority: 100
     conda:
         "../../envs/report.yaml"
@@ -129,7 +136,7 @@ rule tables:
         laws=folder("input", "fits"),
         tables=folder("output", 0),
     shell:
-        "repro report tables --laws-dir {params.laws} --out {params.tables} > {log} 2>&1"
+        "repro laws tables --laws-dir {params.laws} --out {params.tables} > {log} 2>&1"
 
 
 rule numbers:
@@ -141,7 +148,7 @@ rule numbers:
     output:
         f"{RESULTS}/numbers.tex",
     log:
-        "logs/report/numbers.log",
+        "logs/laws/numbers.log",
     priority: 100
     conda:
         "../../envs/report.yaml"
@@ -150,5 +157,5 @@ rule numbers:
     params:
         laws=folder("input", "fits"),
     shell:
-        "repro report numbers --runs {input.runs} --laws-dir {params.laws}"
+        "repro laws numbers --runs {input.runs} --laws-dir {params.laws}"
         " --rank-stability-slopes {input.slopes} --out {output} > {log} 2>&1"

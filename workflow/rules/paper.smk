@@ -11,22 +11,15 @@ PROVENANCE = f"{RESULTS}/provenance.json"
 PROVENANCE_MACROS = f"{RESULTS}/paper/provenance_macros.tex"
 PROVENANCE_TABLE = f"{RESULTS}/paper/provenance_table.tex"
 
-# Branch lists, read only when the branch's rule file was included: the paper shows a visible note
-# in place of a branch whose outputs are absent.
+# What the branches registered (PAPER_INPUTS, see the Snakefile): the paper shows a visible note in
+# place of a branch whose outputs are absent.
 PAPER_RESULTS = [
-    *[f for f in globals().get("LM_FIGURES", []) if f.endswith(".pdf")],
-    *globals().get("LM_TABLES", []),
-    *([f"{RESULTS}/numbers.tex"] if "LM_TABLES" in globals() else []),
-    *[f for f in globals().get("TEB_FIGURES", []) if f.endswith(".pdf")],
-    *globals().get("TEB_TABLES", []),
-    *([globals().get("TEB_NUMBERS", f"{RESULTS}/teb/numbers.tex")] if "TEB_FIGURES" in globals() else []),
-    *[f for f in globals().get("COMP_TABLES", []) if f.endswith(".tex")],
-    *([globals()["COMP_NUMBERS"]] if "COMP_NUMBERS" in globals() else []),
+    f for branch in PAPER_INPUTS.values() for kind in ("figures", "tables", "numbers") for f in branch[kind]
 ]
-# TEB's file names come from teb.smk (included before this file); its section includes them by name.
+# TEB's section includes its figures and tables by name, from an inventory written by a rule.
 TEB_INVENTORY = f"{RESULTS}/paper/teb_inventory.tex"
-TEB_PAPER_FIGURES = [f for f in globals().get("TEB_FIGURES", []) if f.endswith(".pdf")]
-TEB_PAPER_TABLES = list(globals().get("TEB_TABLES", []))
+TEB_PAPER_FIGURES = PAPER_INPUTS.get("teb", {}).get("figures", [])
+TEB_PAPER_TABLES = PAPER_INPUTS.get("teb", {}).get("tables", [])
 
 
 PAPER_SOURCES = sorted(
@@ -37,8 +30,6 @@ PAPER_SOURCES = sorted(
 
 
 rule paper_setup:
-    input:
-        RESOLVED_CONFIG,
     output:
         PAPER_SETUP,
     log:
@@ -48,10 +39,13 @@ rule paper_setup:
     resources:
         **resources_for("light"),
     params:
+        config=RESOLVED_CONFIG,
         source=", ".join(os.path.relpath(f) for f in map(str, workflow.overwrite_configfiles))
         or "config.yaml",
+        # The macros print every key, so any change of the config rewrites them.
+        fingerprint=fingerprint(*sorted(config)),
     shell:
-        "repro paper setup-macros --configfile {input} --config-source '{params.source}' --out {output} > {log} 2>&1"
+        "repro paper setup-macros --configfile {params.config} --config-source '{params.source}' --out {output} > {log} 2>&1"
 
 
 if TEB_PAPER_FIGURES or TEB_PAPER_TABLES:

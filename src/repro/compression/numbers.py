@@ -9,7 +9,7 @@ from ..report.numbers import Macros, macro_name
 
 
 def collect(summary: dict) -> Macros:
-    m = Macros()
+    m = Macros("repro compression numbers")
     counts = {tuple(int(x) for x in k.split(",")): v for k, v in summary.get("counts", {}).items()}
     if counts:
         m.add("CompNMax", max(n for n, _ in counts))
@@ -35,9 +35,4 @@ def collect(summary: dict) -> Macros:
 
 
 def make_numbers(summary_json: Path, out: Path) -> Path:
-    macros = collect(json.loads(Path(summary_json).read_text()))
-    text = macros.render().replace("`repro report numbers`", "`repro compression numbers`")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return out
+    return collect(json.loads(Path(summary_json).read_text())).write(out)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..io import atomic_write_text
 from . import CompressionInputError
 from .classes import (
     ConceptClass,
@@ -70,9 +71,7 @@ def log_to_stderr(msg: str) -> None:
 def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def write_records(path: str | Path, records: Iterable[dict]) -> int:

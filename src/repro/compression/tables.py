@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..io import atomic_write_text
+from ..report.latex import to_latex
+
 TABLES = ("counts", "counts_matrix", "schemes", "named", "existence", "compactness", "timings")
 
 
@@ -24,23 +27,9 @@ def _load(paths) -> list[dict]:
 
 
 def _write(df: pd.DataFrame, out_dir: Path, name: str, caption: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_dir / f"{name}.csv", index=False)
-    caption = caption.replace("#", r"\#").replace("_", r"\_")
-    tex = df.astype(str).style.hide(axis="index").to_latex(
-        hrules=True, caption=caption, label=f"tab:compression-{name}", position="t")
-    (out_dir / f"{name}.tex").write_text(_escape(tex))
-
-
-def _escape(tex: str) -> str:
-    # Cell text uses plain characters (#, _, {}) that LaTeX treats specially; escape them in cells only.
-    out = []
-    for line in tex.splitlines():
-        if line.startswith("\\") and not line.startswith("\\\\"):
-            out.append(line)
-            continue
-        out.append(line.replace("_", r"\_").replace("#", r"\#").replace("{", r"\{").replace("}", r"\}"))
-    return "\n".join(out) + "\n"
+    # Cells, headers and captions are plain text here (#, _, braces): the ground floor escapes them.
+    atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=False))
+    to_latex(df, out_dir / f"{name}.tex", caption, f"tab:compression-{name}", escape=True, position="t")
 
 
 def counts_table(enums: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_config
+from ..io import atomic_write_text
 
 
 def cmd_fit(args) -> int:
@@ -17,9 +18,9 @@ def cmd_fit(args) -> int:
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
                      cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs)
     by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
-    by_rank.to_csv(Path(args.out) / "gradnorm_by_rank.csv", index=False)
+    atomic_write_text(Path(args.out) / "gradnorm_by_rank.csv", by_rank.to_csv(index=False))
     spread = gradient_norm_spread(by_rank)
-    spread.to_csv(Path(args.out) / "gradnorm_spread.csv", index=False)
+    atomic_write_text(Path(args.out) / "gradnorm_spread.csv", spread.to_csv(index=False))
     fits = table.drop_duplicates(["model", "dataset", "method", "target", "family"])
     for _, f in fits.iterrows():
         print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={f['r2']:.4g}"
@@ -119,6 +120,38 @@ def cmd_design(args) -> int:
     return 0
 
 
+def cmd_figures(args) -> int:
+    from .report import make_figures, plot_rank_stability
+
+    paths = make_figures(args.runs, args.steps, args.laws_dir / "fits", args.laws_dir / "curves.csv", args.out)
+    if args.rank_stability:
+        import pandas as pd
+
+        moments = pd.read_csv(args.rank_stability)
+        for optimizer, grp in moments.groupby("optimizer"):
+            paths += plot_rank_stability(grp, args.out / f"rank_stability_{optimizer}")
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from .report import make_tables
+
+    for p in make_tables(args.laws_dir / "fits", args.laws_dir / "gradnorm_spread.csv",
+                         args.laws_dir / "early_stopping.csv", args.out):
+        print(p)
+    return 0
+
+
+def cmd_numbers(args) -> int:
+    from .report import make_numbers
+
+    print(make_numbers(args.runs, args.laws_dir / "fits", args.laws_dir / "gradnorm_spread.csv",
+                       args.rank_stability_slopes, args.out))
+    return 0
+
+
 def register(sub) -> None:
     laws = sub.add_parser("laws", help="fits of the forgetting laws, rsLoRA checks").add_subparsers(
         dest="action", required=True)
@@ -165,3 +198,20 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--out", type=Path, help="CSV of every design")
     p.set_defaults(func=cmd_design)
+    p = laws.add_parser("figures", help="PDF + PNG figures of the laws and rsLoRA studies")
+    p.add_argument("--runs", required=True, type=Path)
+    p.add_argument("--steps", required=True, type=Path)
+    p.add_argument("--laws-dir", required=True, type=Path, help="what `repro laws fit` wrote (fits/, curves.csv)")
+    p.add_argument("--rank-stability", type=Path, help="moments CSV of `repro laws rank-stability`")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_figures)
+    p = laws.add_parser("tables", help="LaTeX (booktabs) tables of the fits")
+    p.add_argument("--laws-dir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_tables)
+    p = laws.add_parser("numbers", help="number macros of the laws and rsLoRA sections (results/numbers.tex)")
+    p.add_argument("--runs", required=True, type=Path)
+    p.add_argument("--laws-dir", required=True, type=Path)
+    p.add_argument("--rank-stability-slopes", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_numbers)

@@ -40,7 +40,7 @@ GROUP = ["model", "dataset", "method"]
 RUN = ["rank", "lr", "seed"]
 LINEAR_SE_KIND = "cluster-run"
 __all__ = ["FAMILIES", "fit_all", "fit_linear_law", "fit_power_law", "bootstrap_power_law", "fits_table",
-           "matched_forgetting", "run_fits"]
+           "matched_forgetting", "fitted_curves", "run_fits"]
 
 
 # --------------------------------------------------------------------------------------- linear law
@@ -357,6 +357,28 @@ def fits_table(fits: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CURVE_COLUMNS = [*GROUP, "target", "family", "rank", "trainable_params", "N", "value"]
+
+
+def fitted_curves(fits: list[dict], runs: pd.DataFrame, points: int = 100) -> pd.DataFrame:
+    """Every power-law fit that succeeded, evaluated along N at each rank's P over that rank's steps
+    (log-spaced): what the figures draw, so they never evaluate a law themselves."""
+    rows = []
+    trained = runs[runs["step"] > 0]
+    for f in fits:
+        if f.get("status") != "ok" or f["family"] not in FAMILIES:
+            continue
+        family = FAMILIES[f["family"]]
+        group = trained[np.logical_and.reduce([trained[k].astype(str) == str(f[k]) for k in GROUP])]
+        for rank, r in group.groupby("rank"):
+            P = float(r["trainable_params"].iloc[0])
+            N = np.geomspace(r["step"].min(), r["step"].max(), points)
+            values = predict(family, f["params"], np.full_like(N, P / f["p_ref"]), N / f["n_ref"])
+            rows += [{**{k: f[k] for k in GROUP}, "target": f["target"], "family": f["family"], "rank": int(rank),
+                      "trainable_params": P, "N": float(n), "value": float(v)} for n, v in zip(N, values)]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
 def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[str], holdout_last: int,
              resamples: int, seed: int, n_starts: int = 8, jobs: int = 1) -> pd.DataFrame:
     runs = pd.read_csv(runs_csv)
@@ -375,6 +397,8 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
         name = "_".join(str(f[k]) for k in (*GROUP, "target", "family"))
         atomic_write_text(out_dir / "fits" / f"{name}.json", json.dumps(f, indent=2, default=json_default))
     table = fits_table(fits)
-    table.to_csv(out_dir / "fits.csv", index=False)
-    matched.to_csv(out_dir / "early_stopping.csv", index=False)
+    atomic_write_text(out_dir / "curves.csv", fitted_curves(fits, runs).to_csv(index=False))
+    atomic_write_text(out_dir / "early_stopping.csv", matched.to_csv(index=False))
+    # fits.csv last: it is the rule's first output, so a kill before it leaves the job incomplete.
+    atomic_write_text(out_dir / "fits.csv", table.to_csv(index=False))
     return table

@@ -80,24 +80,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .scalings import OPTIMIZERS, PRIMARY_OPTIMIZER, SCALING_LABEL, SCALING_RULES  # noqa: F401
+
 DEFAULT_RANKS = tuple(2**k for k in range(9))  # 1 .. 256 = d_in / 2
 DEFAULT_D = 512
-SCALING_RULES = ("lora", "rslora", "constant")
-SCALING_LABEL = {
-    "lora": r"$\gamma_r=\alpha/r$ (LoRA)",
-    "rslora": r"$\gamma_r=\alpha/\sqrt{r}$ (rsLoRA)",
-    "constant": r"$\gamma_r=\alpha$ (constant)",
-}
-OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#F0E442", "#000000"]
-SCALING_COLOUR = {"lora": OKABE_ITO[0], "rslora": OKABE_ITO[1], "constant": OKABE_ITO[3]}
-OPTIMIZERS = ("adam", "sgd")
-PRIMARY_OPTIMIZER = "adam"
 PRIMARY_MEASURES = ("output_moment", "input_grad_moment", "param_grad_norm")
 MEANFIELD_MEASURES = ("output_moment_meanfield", "input_grad_moment_meanfield")
 MEASURES = PRIMARY_MEASURES + MEANFIELD_MEASURES
@@ -432,105 +423,3 @@ def _seed_averages(grp: pd.DataFrame, measure: str, has_seeds: bool) -> tuple[pd
     else:
         loo = (v.sum(axis=1, keepdims=True) - v) / (S - 1) if S >= 2 else None
     return full, loo
-
-
-def plot_rank_stability(
-    df: pd.DataFrame,
-    out_path_without_suffix: str | Path,
-    step: int | None = None,
-    show_smaller_steps: bool = True,
-    show_meanfield: bool | None = None,
-    show_expected: bool = True,
-) -> list[Path]:
-    """Three log-log panels against rank r: mean squared adapter output, mean squared input gradient and
-    parameter gradient norm, for one optimizer (an :func:`aggregate` table, e.g. the moments CSV).
-
-    One colour per scaling rule (Okabe-Ito). Solid lines with markers: the typical measure (seed mean, with a
-    band of +-1 standard error) at ``step`` (default: the largest step in ``df``); faint solid lines: the
-    smaller steps; dotted: the closed form (``*_expected``); dashed: the mean-field moment where positive
-    (default: drawn for a contrast optimizer only, i.e. when ``optimizer_role`` is "contrast" or, without
-    that column, for SGD). The title names the optimizer and its role. Writes ``<out>.pdf`` (vector) and
-    ``<out>.png`` (dpi 200) and returns both paths. Uses the Agg canvas on a standalone Figure; no global
-    matplotlib state is changed.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    if "optimizer" in df.columns and df["optimizer"].nunique() > 1:
-        raise ValueError("plot_rank_stability: df holds several optimizers; pass one")
-    steps_present = sorted(int(s) for s in df["step"].unique() if s > 0)
-    if not steps_present:
-        raise ValueError("plot_rank_stability: no step > 0 in df")
-    step = steps_present[-1] if step is None else int(step)
-    optimizer = str(df["optimizer"].iloc[0]) if "optimizer" in df.columns else ""
-    if "optimizer_role" in df.columns:
-        role = str(df["optimizer_role"].iloc[0])
-    else:
-        role = "primary" if optimizer == PRIMARY_OPTIMIZER else "contrast"
-    if show_meanfield is None:
-        show_meanfield = role == "contrast"
-    present = set(df["scaling"])
-    scalings = [s for s in SCALING_RULES if s in present] + sorted(present - set(SCALING_RULES))
-    colour = dict(SCALING_COLOUR)
-    spare = [c for c in OKABE_ITO if c not in colour.values()]
-    for s in scalings:
-        colour.setdefault(s, spare.pop(0))
-
-    fig = Figure(figsize=(7.6, 3.3), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    panels = (
-        ("output_moment", "mean sq. adapter output"),
-        ("input_grad_moment", "mean sq. input gradient"),
-        ("param_grad_norm", "param. gradient norm"),
-    )
-    for ax, (measure, ylabel) in zip(axes, panels):
-        if measure not in df.columns:
-            ax.set_visible(False)
-            continue
-        for rule in scalings:
-            sub = df[df["scaling"] == rule]
-            if show_smaller_steps:
-                for n in steps_present:
-                    if n == step:
-                        continue
-                    s = sub[(sub["step"] == n) & (sub[measure] > 0)].sort_values("rank")
-                    ax.plot(s["rank"], s[measure], color=colour[rule], alpha=0.3, lw=0.8)
-            s = sub[(sub["step"] == step) & (sub[measure] > 0)].sort_values("rank")
-            ax.plot(s["rank"], s[measure], color=colour[rule], marker="o", ms=3, lw=1.4)
-            se = s.get(measure + "_se")
-            if se is not None and np.isfinite(se).any():
-                lo = np.clip(s[measure] - se, s[measure] * 1e-3, None)
-                ax.fill_between(s["rank"], lo, s[measure] + se, color=colour[rule], alpha=0.2, lw=0)
-            ex = measure + "_expected"
-            if show_expected and ex in s.columns:
-                ax.plot(s["rank"], s[ex], color=colour[rule], ls=":", lw=1.2)
-            mf = measure + "_meanfield"
-            if show_meanfield and mf in sub.columns:
-                m = sub[(sub["step"] == step) & np.isfinite(sub[mf]) & (sub[mf] > 0)].sort_values("rank")
-                ax.plot(m["rank"], m[mf], color=colour[rule], ls="--", lw=1.2)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("rank r")
-        ax.set_ylabel(ylabel)
-    title = f"{optimizer.upper() if optimizer != 'adam' else 'Adam'} ({role}), step {step}"
-    if "d_in" in df.columns:
-        title += rf", $d_{{in}}={int(df['d_in'].iloc[0])}$"
-    fig.suptitle(title, fontsize="medium")
-    handles = [Line2D([], [], color=colour[s], lw=1.4, label=SCALING_LABEL.get(s, s)) for s in scalings]
-    handles.append(Line2D([], [], color="0.3", lw=1.4, marker="o", ms=3, label=r"typical: $\mathrm{E}_A$ of one adapter"))
-    if show_expected:
-        handles.append(Line2D([], [], color="0.3", ls=":", lw=1.2, label="closed form"))
-    if show_meanfield:
-        handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2, label=r"mean-field: adapter averaged over $A$"))
-    if show_smaller_steps and len(steps_present) > 1:
-        handles.append(Line2D([], [], color="0.3", alpha=0.3, lw=0.8, label="smaller step counts"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small", frameon=False)
-
-    base = Path(out_path_without_suffix)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = [base.parent / (base.name + ".pdf"), base.parent / (base.name + ".png")]
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], dpi=200)
-    return paths

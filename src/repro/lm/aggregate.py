@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..io import atomic_write_text
+
 REQUIRED_COLUMNS = [
     "model", "dataset", "method", "rank", "lr", "seed", "step", "trainable_params",
     "loss_ft", "loss_forget", "kl_forget", "base_entropy", "grad_norm",
@@ -81,9 +83,7 @@ def step_table(summary_path: Path) -> pd.DataFrame:
 def _write_csv(table: pd.DataFrame, out_csv: Path) -> None:
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out_csv)
+    atomic_write_text(out_csv, table.to_csv(index=False))
 
 
 def aggregate(summaries: list[Path], out_csv: Path, steps_csv: Path | None = None, with_tasks: bool = False,

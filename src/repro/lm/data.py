@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .models import sha256_file
+from ..io import atomic_open, sha256_file
 
 # Parts of the standard library that are tests, demos, GUI toolkits or vendored packages.
 _SKIP_DIRS = {
@@ -337,12 +337,9 @@ def hf_text_blocks(spec: dict, tokenizer) -> list[list[int]]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_open
 from .tokens import collate, encode_rows
 
 # Output-layer rows per vocabulary chunk: fp32 temporaries of a chunk stay near 256 MB whatever the
@@ -396,12 +397,10 @@ def _row(step: int, loss_ft: float, n_ft: int, per_corpus: list[tuple[str, dict]
 
 def _write_csv(rows: list[dict], out_csv: Path) -> None:
     out_csv = Path(out_csv)
-    tmp = out_csv.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(out_csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out_csv)
 
 
 def evaluate_run(

@@ -11,7 +11,6 @@ Weights are only ever read from safetensors and ``trust_remote_code`` is never e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from ..io import sha256_file
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -32,14 +33,6 @@ MANIFEST = "manifest.json"
 
 class ModelSourceError(RuntimeError):
     pass
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..io import atomic_copy
+
 INSTALL_HINT = ("TeX is missing. On Debian/Ubuntu: sudo apt-get install -y --no-install-recommends "
                 "texlive-latex-recommended latexmk ; with conda: "
                 "conda env create -f envs/latex.yaml")
@@ -67,10 +69,7 @@ def build(paper_dir: Path, out: Path, main: str = "main.tex", build_dir: str = "
         raise PaperError(f"undefined references/citations in {log_path}: {', '.join(info['undefined'])}")
     pdf = paper_dir / build_dir / f"{stem}.pdf"
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.copy2(pdf, tmp)
-    tmp.replace(out)
+    atomic_copy(pdf, out)
     info["pdf"] = str(out)
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from ..config import config_hash
+from ..io import sha256_file
 from .manifest import MANIFEST_DIR, git_state, package_versions, utc_now
 
 INDEX = ".bundle/index.json"
@@ -104,14 +104,6 @@ def select_files(root: Path, max_file_mb: float) -> tuple[list[str], list[dict]]
                 elif reason not in ("outside results/, logs/, resources/",):
                     omitted.append({"path": str(rel), "reason": reason})
     return chosen, omitted
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # Snakemake's file persistence stores one JSON record per output under .snakemake/metadata, named by

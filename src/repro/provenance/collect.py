@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ..report.tables import tex_escape
+from ..report.latex import tex_escape
 from .manifest import MANIFEST_DIR, SCHEMA, utc_now
 
 

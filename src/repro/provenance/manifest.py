@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..config import config_hash, load_config
+from ..io import atomic_write_text
 
 SCHEMA = "repro-provenance/1"
 MANIFEST_DIR = "provenance"
@@ -170,8 +171,5 @@ def write_manifest(args, argv: list[str], started: str, wall_s: float) -> Path |
         return None
     manifest = build_manifest(args, argv, started, utc_now(), wall_s)
     path = manifest_path(target, command)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return path

@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..report.figures import OKABE_ITO, STYLE, save  # noqa: E402
+from ..report.latex import fmt, to_latex  # noqa: E402
 from ..report.numbers import Macros, macro_name  # noqa: E402
-from ..report.tables import fmt, to_latex  # noqa: E402
+from ..report.style import OKABE_ITO, STYLE, save  # noqa: E402
 
 VARIANT_LABEL = {"target": "target-only", "teb": "TEB (from context)", "teb0": r"TEB$_0$",
                  "deterministic": "deterministic", "joint": "joint input"}
@@ -253,7 +253,7 @@ def collect_numbers(teb_dir: Path) -> Macros:
     teb_dir = Path(teb_dir)
     ev = pd.read_csv(teb_dir / "evals.csv")
     sweep = pd.read_csv(teb_dir / "te_sweep.csv")
-    m = Macros()
+    m = Macros("repro teb numbers")
     for c, g in sweep.groupby("c", sort=True) if len(sweep) else []:
         stem = macro_name("Teb", "Coupling", f"{c:g}".replace(".", "p"))
         m.add(stem + "Exact", float(g["exact_te"].iloc[0]))
@@ -292,7 +292,4 @@ def collect_numbers(teb_dir: Path) -> Macros:
 
 
 def make_numbers(teb_dir: Path, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(collect_numbers(teb_dir).render().replace("repro report numbers", "repro teb numbers"))
-    return out
+    return collect_numbers(teb_dir).write(out)
