@@ -136,3 +136,20 @@ def test_run_plans_import_no_torch_module_of_their_study():
     graph = import_graph()
     for plan in ("repro.lm.runs", "repro.teb.runs"):
         assert graph[plan] <= {"repro.config", "repro.lm.runs", "repro.teb.runs"}, (plan, graph[plan])
+
+
+def test_rule_files_read_no_other_rule_files_globals():
+    """A branch's rule file reads the Snakefile's globals (config, RESULTS, ALL_TARGETS, PAPER_INPUTS...)
+    and its own; another branch's names reach it only through what that branch registers."""
+    import re
+
+    rules = sorted((SRC.parent / "workflow" / "rules").glob("*.smk"))
+    code = {p: "\n".join(line.split("#", 1)[0] for line in p.read_text().splitlines()) for p in rules}
+    defined = {p: set(re.findall(r"^([A-Z][A-Z0-9_]+)\s*(?:\+?=)", text, flags=re.M)) for p, text in code.items()}
+    assert {"RUN_DIR"} <= defined[SRC.parent / "workflow/rules/lm.smk"]
+    crossing = sorted(
+        f"{name} ({p.name} -> {q.name})"
+        for p in rules for name in defined[p] for q in rules
+        if q != p and re.search(rf"\b{name}\b", code[q])
+    )
+    assert crossing == []

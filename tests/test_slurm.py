@@ -55,7 +55,8 @@ def test_test_preset_runs_under_slurm_like_locally(slurm, test_preset_run, tmp_p
         ws, *SLURM_TARGETS, "--workflow-profile", "profiles/slurm", "--configfile", "presets/test.yaml",
         # The loopback cluster has no accounting database to guess an account from, and jobs of
         # seconds should be polled for in seconds.
-        "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--jobs", "4",
+        "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "1", "--jobs", "4",
         # GPU requests go through GRES on the fake devices (the tiny model still runs on the CPU).
         "--set-resources", "finetune:gpu=1",
         timeout=1500,
