@@ -534,7 +534,7 @@ def test_teb_numbers_match_the_tables(teb_run):
 
 @pytest.fixture(scope="module")
 def compression_run(tmp_path_factory) -> Path:
-    """The compression rules' commands for n <= 3 (presets/test.yaml), in-process."""
+    """The compression rules' commands for n <= 3 (presets/test.yaml; its compactness check), in-process."""
     root = tmp_path_factory.mktemp("compression")
     config = REPO / "presets/test.yaml"
     shapes = [(n, d) for n in range(1, 4) for d in range(n + 1)]
@@ -551,6 +551,9 @@ def compression_run(tmp_path_factory) -> Path:
         run_cli("compression", "named", "--configfile", config, "--name", name, "--out", root / f"named/{name}.json",
                 "--schemes-out", root / f"named/{name}.jsonl.gz")
         records.append(f"named/{name}")
+    run_cli("compression", "compactness", "--configfile", config, "--out", root / "compactness/compactness.json",
+            "--schemes-out", root / "compactness/compactness.jsonl.gz", "--no-progress")
+    records.append("compactness/compactness")
     # One verify report for every record file (the rule writes one per file; the tables merge them by name).
     run_cli("compression", "verify", "--out", root / "verify/all.json", *[root / f"{s}.jsonl.gz" for s in records],
             "--no-progress")
@@ -558,7 +561,8 @@ def compression_run(tmp_path_factory) -> Path:
             "--enumerate", *[root / f"enumerate/n{n}_d{d}.json" for n, d in shapes],
             "--schemes", *[root / f"{s}.json" for s in records if s.startswith("schemes/")],
             "--verify", root / "verify/all.json",
-            "--named", root / "named/kw-maximal.json", root / "named/cube2.json")
+            "--named", root / "named/kw-maximal.json", root / "named/cube2.json",
+            "--compactness", root / "compactness/compactness.json")
     run_cli("compression", "numbers", "--summary", root / "tables/summary.json", "--out", root / "numbers.tex")
     return root
 
@@ -567,7 +571,7 @@ def test_compression_tables_written_and_counts_match_brute_force(compression_run
     from repro.compression.enumeration import brute_force_maximum_classes
 
     tables = compression_run / "tables"
-    for name in ("counts", "counts_matrix", "schemes", "named", "existence", "timings"):
+    for name in ("counts", "counts_matrix", "schemes", "named", "existence", "compactness", "timings"):
         assert (tables / f"{name}.csv").stat().st_size > 0
         tex_table(tables / f"{name}.tex")
     counts = pd.read_csv(tables / "counts.csv")
@@ -589,6 +593,8 @@ def test_compression_latex_cells_are_escaped(compression_run):
     head, _ = tex_table(tables / "counts.tex")
     assert r"|C| = Phi\_d(n)" in head and r"dual \#M(n,n-d-1)" in head
     assert r"\caption{Number of maximum classes \#M(n, d)" in (tables / "counts_matrix.tex").read_text()
+    head, _ = tex_table(tables / "compactness.tex")
+    assert r"greedy dead ends at |X\_j|" in head and r"X\_1 < ... < X\_n" in (tables / "compactness.tex").read_text()
     for tex in tables.glob("*.tex"):
         body = "\n".join(line for line in tex.read_text().splitlines() if not line.startswith("\\label"))
         assert not re.search(r"(?<!\\)[#_%&]", body.replace(" & ", " ")), tex
