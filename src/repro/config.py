@@ -8,6 +8,7 @@ config never starts (or half-finishes) a run.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -30,20 +31,32 @@ def load_schema(path: Path | None = None) -> dict:
 
     A file ``<section>.schema.yaml`` beside the main schema describes the top-level key ``<section>``
     (e.g. ``compression.schema.yaml`` -> ``compression:``), so each branch owns its part of the schema.
+    Parsed once per process (every command validates its config, then its provenance record reads it
+    again); each caller gets its own copy.
     """
     path = Path(path or SCHEMA_PATH)
     if not path.exists():
         raise ConfigError(f"config schema not found: {path}")
+    return copy.deepcopy(_parse_schema(str(path.resolve())))
+
+
+# libyaml's loader where PyYAML was built with it: the schemas are parsed by every command.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_schema(path_text: str) -> dict:
+    path = Path(path_text)
     with open(path) as fh:
-        schema = yaml.safe_load(fh)
+        schema = yaml.load(fh, Loader=_YAML_LOADER)
     for fragment in sorted(path.parent.glob("*.schema.yaml")):
-        if fragment.resolve() == path.resolve():
+        if fragment.resolve() == path:
             continue
         section = fragment.name.removesuffix(".schema.yaml")
         if section in schema["properties"]:
             raise ConfigError(f"{fragment}: section {section!r} is already defined in {path}")
         with open(fragment) as fh:
-            schema["properties"][section] = yaml.safe_load(fh)
+            schema["properties"][section] = yaml.load(fh, Loader=_YAML_LOADER)
     return schema
 
 

@@ -215,5 +215,5 @@ def make_tables(out_dir: Path, enumerate_files, scheme_summaries, verify_files, 
         "named_minimal_sizes": {r["class"]: r["minimal_sizes"] for r in nameds},
         "min_peeling_random_failures": [f for s in summaries for f in s.get("min_peeling_random_failures", [])],
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -59,10 +59,10 @@ def cmd_rank_stability(args) -> int:
     moments.insert(1, "optimizer_role", ["primary" if o == primary else "contrast" for o in moments["optimizer"]])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    moments.to_csv(out, index=False)
+    atomic_write_text(out, moments.to_csv(index=False))
     slopes = fitted_slopes(per_seed, primary_optimizer=primary, flat_tolerance=cfg["flat_tolerance"])
     Path(args.slopes_out).parent.mkdir(parents=True, exist_ok=True)
-    slopes.to_csv(args.slopes_out, index=False)
+    atomic_write_text(args.slopes_out, slopes.to_csv(index=False))
     last = slopes[slopes["step"] == slopes["step"].max()]
     cols = ["optimizer", "scaling", "measure", "slope", "slope_low", "slope_high", "expected_slope",
             "paper_claim", "verdict"]
@@ -109,7 +109,7 @@ def cmd_design(args) -> int:
         raise SystemExit(f"repro laws design: {args.runs}: {exc}") from None
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
+        atomic_write_text(args.out, table.to_csv(index=False))
     cols = ["method", "target", "ranks", "n_seeds", "max_step", "family", "alpha_width", "beta_width",
             "both_within", "cost_cpu_min"]
     with pd.option_context("display.width", 200, "display.max_rows", 400, "display.float_format", "{:.3g}".format):

@@ -472,7 +472,7 @@ def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stabilit
     m = Macros("repro laws numbers")
     datasets = list(dict.fromkeys(runs["dataset"]))
     primary = datasets[0]
-    m.add("ModelName", str(runs["model"].iloc[0]).replace("_", r"\_"))
+    m.add("ModelName", tex_escape(runs["model"].iloc[0]))
     m.add("NumRuns", int(runs.groupby(["dataset", "method", "rank", "lr", "seed"]).ngroups))
     m.add("NumCheckpointRows", int(len(runs)))
     m.add("MaxSteps", int(runs["step"].max()))

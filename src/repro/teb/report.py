@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..io import atomic_write_text  # noqa: E402
 from ..report.latex import fmt, to_latex  # noqa: E402
 from ..report.numbers import Macros, macro_name  # noqa: E402
 from ..report.style import OKABE_ITO, STYLE, save  # noqa: E402
@@ -36,11 +37,11 @@ def aggregate(evals: list[Path], estimators: list[Path], manifests: list[Path], 
     ev["exact_te"] = ev["task"].map(lambda t: info.get(t, {}).get("exact_te", np.nan))
     ev["c"] = ev["task"].map(lambda t: info.get(t, {}).get("c", np.nan))
     paths = {"evals": out_dir / "evals.csv"}
-    ev.to_csv(paths["evals"], index=False)
+    atomic_write_text(paths["evals"], ev.to_csv(index=False))
     est = pd.concat([pd.read_csv(p) for p in estimators], ignore_index=True) if estimators else pd.DataFrame(
         columns=["task", "estimator", "te", "n", "exact_te", "c"])
     paths["estimators"] = out_dir / "estimators.csv"
-    est.to_csv(paths["estimators"], index=False)
+    atomic_write_text(paths["estimators"], est.to_csv(index=False))
 
     # TE over the coupling sweep: the models at each task's default (first) beta, averaged over seeds.
     ar = ev[ev["kind"] == "ar"]
@@ -71,14 +72,14 @@ def aggregate(evals: list[Path], estimators: list[Path], manifests: list[Path], 
         sweep = sweep.sort_values(["c", "estimator"]).reset_index(drop=True)
         sweep["error"] = sweep["te"] - sweep["exact_te"]
     paths["te_sweep"] = out_dir / "te_sweep.csv"
-    sweep.to_csv(paths["te_sweep"], index=False)
+    atomic_write_text(paths["te_sweep"], sweep.to_csv(index=False))
 
     # Information plane: every stochastic run, one point per (task, variant, beta, seed).
     plane = ev[ev["variant"].isin(["teb", "teb0"])][["task", "variant", "beta", "seed", "kl", "te_estimate",
                                                        "te_estimate_se", "gain_vs_target", "loglik",
                                                        "loglik_target", "exact_te"]]
     paths["info_plane"] = out_dir / "info_plane.csv"
-    plane.sort_values(["task", "variant", "beta", "seed"]).to_csv(paths["info_plane"], index=False)
+    atomic_write_text(paths["info_plane"], plane.sort_values(["task", "variant", "beta", "seed"]).to_csv(index=False))
     return paths
 
 
