@@ -54,6 +54,7 @@ ALL_TARGETS = []
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
+include: "workflow/rules/tracking.smk"
 include: "workflow/rules/laws.smk"
 include: "workflow/rules/compression.smk"
 include: "workflow/rules/teb.smk"
