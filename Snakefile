@@ -58,6 +58,7 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/laws.smk"
 include: "workflow/rules/compression.smk"
 include: "workflow/rules/teb.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/paper.smk"
 
 

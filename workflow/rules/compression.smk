@@ -131,7 +131,7 @@ rule compression_tables:
         named=[f"{COMP_DIR}/{stem}.json" for stem in COMP_NAMED_STEMS],
         compactness=f"{COMP_DIR}/compactness/compactness.json",
     output:
-        [comp_report(f) for f in COMP_TABLES],
+        COMP_TABLES,
     log:
         "logs/compression/tables.log",
     conda:

@@ -1,4 +1,4 @@
-"""`repro report ...`: figures, LaTeX tables and the numbers macro file."""
+"""`repro report ...`: figures, LaTeX tables, the numbers macro file and HTML tables for the report."""
 
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ def cmd_numbers(args) -> int:
     return 0
 
 
+def cmd_html_tables(args) -> int:
+    from .html import write_tables
+
+    for p in write_tables(args.csvs, args.out_dir):
+        print(p)
+    return 0
+
+
 def register(sub) -> None:
     report = sub.add_parser("report", help="figures, tables and numbers").add_subparsers(dest="action", required=True)
     p = report.add_parser("figures", help="PDF + PNG figures")
@@ -58,3 +66,7 @@ def register(sub) -> None:
     p.add_argument("--rank-stability-slopes", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_numbers)
+    p = report.add_parser("html-tables", help="an HTML page per CSV table, for snakemake --report")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("csvs", nargs="+", type=Path, help="CSV tables; each becomes <out-dir>/<stem>.html")
+    p.set_defaults(func=cmd_html_tables)
