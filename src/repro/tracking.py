@@ -198,10 +198,14 @@ def build_record(summary_path: Path, runs, runs_csv: Path = Path("runs.csv")) ->
 
 
 def _batches(params: list, metrics: list):
-    for i in range(0, len(params), MAX_PARAMS):
-        yield params[i:i + MAX_PARAMS], []
-    for i in range(0, len(metrics), MAX_ENTRIES):
-        yield [], metrics[i:i + MAX_ENTRIES]
+    """(params, metrics) per log_batch request, within MLflow's limits: a run's usual few dozen params
+    and few hundred metric points go in one request."""
+    params, metrics = list(params), list(metrics)
+    while params or metrics:
+        p_batch, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
+        room = MAX_ENTRIES - len(p_batch)
+        m_batch, metrics = metrics[:room], metrics[room:]
+        yield p_batch, m_batch
 
 
 def log_records(records: list[RunRecord], uri: str, experiment: str) -> dict:
