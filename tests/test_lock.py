@@ -92,3 +92,14 @@ def test_compare_installed_lists_missing_different_and_extraneous():
     diff = E.compare_installed(pins, {"numpy": "2.0.1", "left-pad": "1.0", "repro": "0.1.0", "pip": "26.0"})
     assert diff == {"missing": ["pandas"], "differ": [("numpy", "2.0.0", "2.0.1"), ("pip", "25.0", "26.0")],
                     "extraneous": ["left-pad"]}
+
+
+def test_installed_versions_from_folder_names_equal_importlib_metadata():
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    expected: dict[str, str] = {}
+    for dist in metadata.distributions():
+        expected.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
+    assert E.installed_versions() == expected

@@ -263,13 +263,27 @@ def check(root: Path | None = None) -> list[str]:
 
 
 def installed_versions() -> dict[str, str]:
-    from importlib import metadata
+    """``name -> version`` of the distributions on sys.path (the first one found wins, as for imports).
 
-    out = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            out.setdefault(canonicalize_name(name), dist.version)
+    Read from the ``<name>-<version>.dist-info`` folder names, which the wheel format fixes, so that
+    recording it in every provenance manifest costs milliseconds rather than parsing every METADATA
+    file; other layouts (.egg-info) fall back to importlib.metadata.
+    """
+    out: dict[str, str] = {}
+    for entry in sys.path:
+        folder = Path(entry or ".")
+        if not folder.is_dir():
+            continue
+        for info in folder.glob("*.dist-info"):
+            name, sep, version = info.name[: -len(".dist-info")].partition("-")
+            if sep and version:
+                out.setdefault(canonicalize_name(name), version)
+        for info in folder.glob("*.egg-info"):
+            from importlib import metadata
+
+            dist = metadata.Distribution.at(info)
+            if dist.metadata["Name"]:
+                out.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
     return out
 
 
