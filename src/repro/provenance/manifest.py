@@ -6,7 +6,7 @@ A manifest is a small JSON file next to the command's outputs:
 - output file ``D/F``: ``D/provenance/<command>--F.json``.
 
 It lives in a ``provenance/`` sub-folder that no rule declares, so Snakemake neither tracks nor deletes
-it, and a rerun of the job overwrites it. Recording costs a few milliseconds: versions are read from
+it, and a rerun of the job overwrites it. Recording costs about 0.1 s: versions are read from
 package metadata (nothing is imported), and the accelerator is described only when the command itself
 imported torch. The dependency lock (``requirements-lock.txt``) is recorded by its SHA-256, with whether
 the installed distributions are exactly the locked ones.
