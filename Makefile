@@ -9,16 +9,44 @@ SNAKEMAKE_ARGS ?=
 CONFIGFILE ?=
 CONFIG_ARG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE),)
 
-.PHONY: setup run dry-run-paper forecast paper report bundle test test-fast lint clean
+.PHONY: setup lock run dry-run-paper forecast paper report bundle test test-fast lint clean
 
-# Idempotent: the venv is (re)installed only when pyproject.toml changes.
+# Exact versions with hashes for CPython 3.11 on Linux x86_64, compiled from pyproject.toml by `make lock`.
+LOCK := requirements-lock.txt
+LOCK_PYTHON := 3.11
+# PyPI's Linux torch wheel is the CUDA build; the lock pins the CPU build from the PyTorch index.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+# Where `make lock` finds torch's CPU build (e.g. TORCH_SOURCE='--find-links DIR' for a local wheelhouse).
+TORCH_SOURCE ?= --torch-backend cpu
+# Extra pip options of `make setup` (e.g. PIP_ARGS='--find-links DIR').
+PIP_ARGS ?=
+
+# Idempotent: the venv is synced to the lock only when the lock or pyproject.toml changes. pip installs
+# exactly the locked files (hashes checked); torch's CPU build comes from pip's configured sources, else
+# from the PyTorch index; then anything the lock does not list is removed, and the package goes in
+# without dependencies.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(LOCK_PYTHON)".split("."))))' || { \
+	  echo "$(LOCK) is for Python $(LOCK_PYTHON); $(VENV) has $$($(BIN)/python -V)."; \
+	  echo "Remove $(VENV) and run: make setup PYTHON=python$(LOCK_PYTHON)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) $(PIP_ARGS) 2>/dev/null || { \
+	  echo "torch's CPU build not found in pip's configured sources: adding $(TORCH_CPU_INDEX)"; \
+	  $(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
+	@extra=$$(PYTHONPATH=src $(BIN)/python -m repro.envs extraneous) && \
+	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(BIN)/python -m pip uninstall --quiet -y $$extra; fi
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
+
+# Recompile the lock from pyproject.toml (uv comes with the test extra), then the conda envs from the lock.
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --python-version $(LOCK_PYTHON) \
+	  --python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE) --custom-compile-command 'make lock' \
+	  --output-file $(LOCK)
+	$(BIN)/python -m repro.envs write
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)

@@ -52,15 +52,20 @@ onstart:
 # Each rule file appends the final outputs of its branch to ALL_TARGETS, and registers what the paper
 # includes under its branch name in PAPER_INPUTS: {"figures": [...pdf], "tables": [...tex], "numbers": [...tex]}.
 # paper.smk reads only these two; a branch left out leaves a visible note in the paper.
+# Every table a branch shows in the HTML report is registered in REPORT_TABLES: CSV -> (caption file
+# stem, report category); report.smk renders them.
 ALL_TARGETS = []
 PAPER_INPUTS = {}
+REPORT_TABLES = {}
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/lm.smk"
+include: "workflow/rules/tracking.smk"
 include: "workflow/rules/laws.smk"
 include: "workflow/rules/compression.smk"
 include: "workflow/rules/teb.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/paper.smk"
 
 

@@ -1,16 +1,14 @@
-"""Cluster plumbing: resource requests derived from the config, the cost forecast, conda envs."""
+"""Cluster plumbing: resource requests derived from the config, the cost forecast, conda env names
+(their pins: tests/test_lock.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import tomllib
-import yaml
 
 from repro.cluster.resources import job_resources
 from repro.cluster.shapes import KNOWN_SHAPES, model_shape
@@ -120,32 +118,6 @@ def test_forecast_cli_counts_the_same_jobs_as_snakemake(tmp_path):
     for family in ("finetune", "evaluate"):
         assert sum(r["jobs"] for r in out["rows"] if r["family"] == family) == out["dag_jobs"][family]
     assert out["device_hours"] > 1
-
-
-def _pip_requirements(env_file: Path) -> list[str]:
-    spec = yaml.safe_load(env_file.read_text())
-    reqs = []
-    for dep in spec["dependencies"]:
-        if isinstance(dep, dict):
-            reqs += dep.get("pip", [])
-    return reqs
-
-
-def test_conda_envs_pin_what_pyproject_pins():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    pinned = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].lower(): d.replace(" ", "")
-              for d in pyproject["project"]["dependencies"]}
-    python = ".".join(map(str, sys.version_info[:2]))
-    envs = sorted((REPO / "envs").glob("*.yaml"))
-    assert {e.stem for e in envs} >= {"lm", "laws", "teb", "compression", "report", "latex"}
-    for env in envs:
-        for req in _pip_requirements(env):
-            name = re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower()
-            assert name in pinned, f"{env.name}: {name} is not a pyproject dependency"
-            assert req.replace(" ", "") == pinned[name], f"{env.name}: {req} != pyproject's {pinned[name]}"
-        deps = yaml.safe_load(env.read_text())["dependencies"]
-        pythons = [d for d in deps if isinstance(d, str) and d.startswith("python")]
-        assert all(p.split("=")[-1] in (python, "3.11") for p in pythons)
 
 
 def test_every_rule_names_a_conda_env_that_exists():

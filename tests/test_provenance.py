@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from repro.cli import main
+from repro.envs import LOCK_NAME, sha256
 from repro.provenance import bundle as B
 from repro.provenance.collect import collect, render_tex, summarise
 from repro.provenance.manifest import manifest_path
@@ -46,6 +47,9 @@ def test_main_writes_a_manifest_next_to_the_output(tmp_path, monkeypatch):
     assert m["packages"]["snakemake"] and "torch" in m["packages"]
     assert m["start"] <= m["end"] and m["wall_s"] >= 0
     assert m["host"] and m["device"]["cpu_count"] >= 1
+    # No lock in the working directory: the package checkout's lock, by its hash.
+    lock = Path(__file__).resolve().parents[1] / LOCK_NAME
+    assert m["lock"]["sha256"] == sha256(lock) and isinstance(m["lock"]["installed_matches"], bool)
 
 
 def test_failed_command_writes_no_manifest(tmp_path, monkeypatch):
@@ -67,6 +71,9 @@ def test_collect_summarises_manifests_for_the_appendix(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "results/provenance.json").read_text())["summary"]["overall"]["jobs"] == 2
     macros = (tmp_path / "macros.tex").read_text()
     assert "\\newcommand{\\ProvJobs}{2}" in macros and "\\newcommand{\\ProvDirty}{no}" in macros
+    digest = sha256(Path(__file__).resolve().parents[1] / LOCK_NAME)
+    assert doc["summary"]["lock"]["sha256"] == [digest]
+    assert f"\\newcommand{{\\ProvLockSha}}{{{digest[:16]}\\allowbreak{{}}{digest[16:32]}" in macros
     table = (tmp_path / "table.tex").read_text()
     assert table.count("\\begin{table}") == table.count("\\end{table}") == 2
     assert "compression-numbers" in table

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 
-BRANCHES = ("laws", "teb", "compression", "cluster", "provenance", "paper")
+BRANCHES = ("laws", "report", "teb", "compression", "cluster", "provenance", "paper")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -110,6 +110,22 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_track(args) -> int:
+    from .tracking import TrackingError, experiment_name, public_uri, resolve_uri, track
+
+    cfg = load_config(args.configfile)
+    uri = args.tracking_uri or resolve_uri(cfg["tracking"]["uri"])
+    experiment = args.experiment or experiment_name(cfg)
+    try:
+        doc = track(args.summaries, args.runs, uri, experiment, out=args.out)
+    except TrackingError as exc:
+        print(f"repro track: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{n} {action}" for action, n in doc["counts"].items())
+    print(f"{public_uri(uri)}, experiment {experiment!r} ({doc['experiment_id']}): {counts}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repro", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-base", type=Path, help="base-model tasks.csv, joined to every run's step-0 row")
     p.add_argument("summaries", nargs="+", type=Path, help="summary.json of each run")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("track", help="log every fine-tuning run to MLflow from its files (idempotent)")
+    _add_config(p)
+    p.add_argument("--runs", required=True, type=Path, help="runs.csv of repro aggregate (evaluation metrics)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri, MLFLOW_TRACKING_URI, "
+                   "else sqlite:///results/mlruns/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment, else repro-<model>)")
+    p.add_argument("--out", type=Path, help="JSON summary to write: MLflow run id and action per run")
+    p.add_argument("summaries", nargs="+", type=Path, help="summary.json of each run")
+    p.set_defaults(func=cmd_track)
 
     # Each study branch registers its own command group from repro.<branch>.cli (register(sub)).
     for branch in BRANCHES:

@@ -65,13 +65,14 @@ def compression_shapes(n_max):
     return [(n, d) for n in range(1, n_max + 1) for d in range(0, n + 1)]
 
 
-# compression branch
-def comp_report(path):
-    """CSV tables go into the HTML report (`snakemake --report`), one caption per table."""
-    if not path.endswith(".csv"):
-        return path
+# report tables
+def report_table(csv, out_dir):
+    """The HTML page of a study's CSV table under ``out_dir``, registered for the report with its caption."""
+    caption, category = REPORT_TABLES[csv]
     return report(
-        path, caption=f"../report/compression_{Path(path).stem}.rst", category="Compression schemes"
+        f"{out_dir}/{Path(csv).stem}.html",
+        caption=f"../report/{caption}.rst",
+        category=category,
     )
 
 

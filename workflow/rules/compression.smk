@@ -21,6 +21,9 @@ COMP_TABLES = [
 COMP_NUMBERS = f"{COMP_DIR}/numbers.tex"
 
 ALL_TARGETS.extend([*COMP_TABLES, COMP_NUMBERS])
+REPORT_TABLES.update(
+    {f: (f"compression_{Path(f).stem}", "Compression schemes") for f in COMP_TABLES if f.endswith(".csv")}
+)
 PAPER_INPUTS["compression"] = {
     "figures": [],
     "tables": [f for f in COMP_TABLES if f.endswith(".tex")],
@@ -136,7 +139,7 @@ rule compression_tables:
         named=[f"{COMP_DIR}/{stem}.json" for stem in COMP_NAMED_STEMS],
         compactness=f"{COMP_DIR}/compactness/compactness.json",
     output:
-        [comp_report(f) for f in COMP_TABLES],
+        COMP_TABLES,
     log:
         "logs/compression/tables.log",
     conda:

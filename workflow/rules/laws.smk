@@ -28,19 +28,29 @@ if config["evals"]["enabled"]:
 LM_TABLES = [f"{TABLES}/{t}.tex" for t in ("linear_law", "power_laws", "gradient_norms", "early_stopping")]
 
 ALL_TARGETS.extend([*LM_FIGURES, *LM_TABLES, f"{RESULTS}/numbers.tex"])
+REPORT_TABLES.update(
+    {
+        f"{LAWS}/fits.csv": ("laws_fits", "Forgetting laws"),
+        f"{LAWS}/early_stopping.csv": ("early_stopping", "Forgetting laws"),
+        f"{LAWS}/gradnorm_spread.csv": ("gradnorm_spread", "rsLoRA"),
+        f"{LAWS}/rank_stability_slopes.csv": ("rank_stability_slopes", "rsLoRA"),
+    }
+)
 PAPER_INPUTS["laws"] = {
     "figures": [f for f in LM_FIGURES if f.endswith(".pdf")],
     "tables": LM_TABLES,
     "numbers": [f"{RESULTS}/numbers.tex"],
 }
 
-# HTML report (`snakemake --report`): the PNG figures and the fit tables, one category per study.
+# HTML report (`snakemake --report`): the PNG figures by study (tables: workflow/rules/report.smk).
 LM_REPORT_CATEGORIES = {
     "forgetting_vs_finetune": "Forgetting laws",
     "losses_vs_steps": "Forgetting laws",
     "rslora_learning_curves": "rsLoRA",
     "rslora_grad_norms": "rsLoRA",
     "rank_stability": "rsLoRA",
+    "task_scores_vs_forgetting": "Forgetting laws",
+    "refusal_vs_steps": "Forgetting laws",
 }
 
 
@@ -49,13 +59,9 @@ rule fit_laws:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
     output:
-        fits=report(f"{LAWS}/fits.csv", caption="../report/laws_fits.rst", category="Forgetting laws"),
-        early=report(
-            f"{LAWS}/early_stopping.csv", caption="../report/early_stopping.rst", category="Forgetting laws"
-        ),
-        gradnorm=report(
-            f"{LAWS}/gradnorm_spread.csv", caption="../report/gradnorm_spread.rst", category="rsLoRA"
-        ),
+        fits=f"{LAWS}/fits.csv",
+        early=f"{LAWS}/early_stopping.csv",
+        gradnorm=f"{LAWS}/gradnorm_spread.csv",
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
         curves=f"{LAWS}/curves.csv",
     log:

@@ -16,6 +16,14 @@ TEB_FIGURES = [
 TEB_TABLES = [f"{RESULTS}/tables/teb_{name}.tex" for name in ("tasks", "te_sweep")]
 
 ALL_TARGETS.extend([*TEB_FIGURES, *TEB_TABLES, f"{TEB_DIR}/numbers.tex"])
+REPORT_TABLES.update(
+    {
+        f"{TEB_DIR}/evals.csv": ("teb_evals", "TEB"),
+        f"{TEB_DIR}/te_sweep.csv": ("teb_te_sweep", "TEB"),
+        f"{TEB_DIR}/info_plane.csv": ("teb_info_plane_table", "TEB"),
+        f"{TEB_DIR}/estimators.csv": ("teb_estimators", "TEB"),
+    }
+)
 PAPER_INPUTS["teb"] = {
     "figures": [f for f in TEB_FIGURES if f.endswith(".pdf")],
     "tables": TEB_TABLES,
@@ -166,16 +174,17 @@ rule teb_figures:
         f"{TEB_DIR}/te_sweep.csv",
         f"{TEB_DIR}/info_plane.csv",
     output:
+        f"{RESULTS}/figures/teb_te_vs_exact.pdf",
+        f"{RESULTS}/figures/teb_info_plane.pdf",
+        f"{RESULTS}/figures/teb_switch.pdf",
+        # The HTML report shows the PNGs inline (like the language-model figures).
         report(
-            f"{RESULTS}/figures/teb_te_vs_exact.pdf", caption="../report/teb_te_vs_exact.rst", category="TEB"
+            f"{RESULTS}/figures/teb_te_vs_exact.png", caption="../report/teb_te_vs_exact.rst", category="TEB"
         ),
         report(
-            f"{RESULTS}/figures/teb_info_plane.pdf", caption="../report/teb_info_plane.rst", category="TEB"
+            f"{RESULTS}/figures/teb_info_plane.png", caption="../report/teb_info_plane.rst", category="TEB"
         ),
-        report(f"{RESULTS}/figures/teb_switch.pdf", caption="../report/teb_switch.rst", category="TEB"),
-        f"{RESULTS}/figures/teb_te_vs_exact.png",
-        f"{RESULTS}/figures/teb_info_plane.png",
-        f"{RESULTS}/figures/teb_switch.png",
+        report(f"{RESULTS}/figures/teb_switch.png", caption="../report/teb_switch.rst", category="TEB"),
     log:
         "logs/teb/figures.log",
     conda:

@@ -71,8 +71,14 @@ def summarise(manifests: list[dict]) -> dict:
         for pkg, v in (m.get("packages") or {}).items():
             if v:
                 versions[pkg].add(v)
+    locks = [m.get("lock") or {} for m in manifests]
     return {
         "overall": group(manifests) if manifests else {"jobs": 0},
+        # SHA-256 of the dependency lock each job's environment came from, and whether the installed
+        # distributions were exactly the locked ones (true, false, or absent for jobs without a lock).
+        "lock": {"sha256": sorted({lk["sha256"] for lk in locks if lk.get("sha256")}),
+                 "installed_matches": sorted({lk["installed_matches"] for lk in locks if "installed_matches" in lk}),
+                 "jobs_without_lock": sum(not lk.get("sha256") for lk in locks)},
         "by_command": {cmd: group(ms) for cmd, ms in sorted(by_cmd.items())},
         "packages": {pkg: sorted(v) for pkg, v in sorted(versions.items())},
         "python": sorted({m.get("python") for m in manifests if m.get("python")}),
@@ -100,6 +106,14 @@ def render_tex(summary: dict) -> tuple[str, str]:
         "ProvWallHours": f"{o.get('wall_s', 0.0) / 3600:.3g}",
         "ProvPython": tex_escape(", ".join(summary.get("python", [])) or "n/a"),
     }
+    lock = summary.get("lock") or {}
+    # The full SHA-256, breakable every 16 characters so it fits the line.
+    macros["ProvLockSha"] = ", ".join(
+        r"\allowbreak{}".join(h[i:i + 16] for i in range(0, len(h), 16)) for h in lock.get("sha256", [])
+    ) or "none"
+    matches = lock.get("installed_matches", [])
+    macros["ProvLockMatches"] = ("yes" if matches == [True] else "no" if matches == [False]
+                                 else "not in every job" if matches else "unknown")
     for pkg in ("torch", "transformers", "peft", "lm-eval", "snakemake", "numpy"):
         name = "ProvVersion" + "".join(w.capitalize() for w in pkg.replace("-", " ").split())
         macros[name] = tex_escape(", ".join(summary["packages"].get(pkg, [])) or "not installed")

@@ -6,9 +6,10 @@ A manifest is a small JSON file next to the command's outputs:
 - output file ``D/F``: ``D/provenance/<command>--F.json``.
 
 It lives in a ``provenance/`` sub-folder that no rule declares, so Snakemake neither tracks nor deletes
-it, and a rerun of the job overwrites it. Recording costs a few milliseconds: versions are read from
+it, and a rerun of the job overwrites it. Recording costs about 0.1 s: versions are read from
 package metadata (nothing is imported), and the accelerator is described only when the command itself
-imported torch.
+imported torch. The dependency lock (``requirements-lock.txt``) is recorded by its SHA-256, with whether
+the installed distributions are exactly the locked ones.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ PACKAGES = (
 )
 
 # Commands that write no study result (or that gather the manifests themselves).
-SKIP_COMMANDS = {"config", "provenance", "bundle", "paper-build"}
+SKIP_COMMANDS = {"config", "provenance", "bundle", "paper-build", "track"}
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION",
               "SLURM_CLUSTER_NAME")
@@ -122,6 +123,29 @@ def _package_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def lock_info(cwd: Path) -> dict | None:
+    """The dependency lock beside the workflow (else beside the package's checkout): its SHA-256, and
+    whether the running environment holds exactly its versions. None without a lock."""
+    from ..envs import LOCK_NAME, LockError, compare_installed, read_lock, sha256
+
+    for root in (Path(cwd), _package_root().parents[1]):
+        path = root / LOCK_NAME
+        if not path.is_file():
+            continue
+        info = {"path": str(path), "sha256": sha256(path)}
+        try:
+            diff = compare_installed(read_lock(path))
+        except LockError as exc:
+            return {**info, "error": str(exc)}
+        info["installed_matches"] = not (diff["missing"] or diff["differ"] or diff["extraneous"])
+        if not info["installed_matches"]:
+            info["installed_differences"] = {
+                "missing": diff["missing"][:20], "extraneous": diff["extraneous"][:20],
+                "differ": [f"{n} {locked} (installed {have})" for n, locked, have in diff["differ"][:20]]}
+        return info
+    return None
+
+
 def build_manifest(args, argv: list[str], started: str, ended: str, wall_s: float) -> dict:
     cfg, chash, seed = None, None, None
     configfile = getattr(args, "configfile", None)
@@ -150,6 +174,7 @@ def build_manifest(args, argv: list[str], started: str, ended: str, wall_s: floa
         # The installed repro package may come from another checkout than the workflow (pip install).
         "code_git": code_git if code_git != workflow_git else None,
         "packages": package_versions(),
+        "lock": lock_info(cwd),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),

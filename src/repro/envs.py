@@ -1,0 +1,324 @@
+"""The dependency lock (``requirements-lock.txt``) and the conda environments derived from it.
+
+``make lock`` compiles ``pyproject.toml`` (core and test dependencies) into one exact lock with
+hashes for CPython on Linux x86_64, then runs ``python -m repro.envs write``: each ``envs/<name>.yaml``
+lists the Python packages its rules import and everything they need, every one at the lock's exact
+version, so ``make setup`` and ``snakemake --use-conda`` install the same versions.
+
+    python -m repro.envs write        # regenerate envs/*.yaml from the lock
+    python -m repro.envs check        # lock <-> pyproject <-> envs agree (exit 1 and the reasons if not)
+    python -m repro.envs extraneous   # installed distributions the lock does not list (make setup removes them)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK_NAME = "requirements-lock.txt"
+LOCK_PYTHON = "3.11"
+# PyPI's Linux wheel of torch is the CUDA build (several GB of nvidia-* wheels); the lock pins the CPU
+# build, which the PyTorch index serves.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# Installed with the interpreter or by `make setup` itself, never part of the comparison.
+BOOTSTRAP = {"pip", "setuptools", "wheel", "repro"}
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    what: str                       # completes "Conda environment of ..."
+    packages: tuple[str, ...]       # distributions the env's rules import; their dependencies follow from the lock
+    conda: tuple[str, ...] = ()     # conda-forge packages besides python and pip
+
+
+# What each rule family imports (the `conda:` directive of every rule names one of these files).
+ENVS: dict[str, EnvSpec] = {
+    "lm": EnvSpec("the language-model rules (download, data, fine-tuning, evaluation)",
+                  ("torch", "transformers", "peft", "lm-eval", "gguf", "safetensors", "tokenizers",
+                   "huggingface-hub", "datasets", "accelerate", "sentencepiece", "pandas", "numpy", "tqdm",
+                   "zstandard", "pyyaml", "jsonschema", "packaging")),
+    "laws": EnvSpec("the laws rules (fits, rank stability)",
+                    ("pandas", "numpy", "statsmodels", "scipy", "matplotlib", "torch", "tqdm", "pyyaml",
+                     "jsonschema", "packaging")),
+    "teb": EnvSpec("the TEB rules", ("torch", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "ennemi",
+                                    "tqdm", "pyyaml", "jsonschema", "packaging")),
+    "compression": EnvSpec("the compression rules", ("python-sat", "numpy", "pandas", "tqdm", "pyyaml",
+                                                     "jsonschema", "packaging")),
+    "report": EnvSpec("the report rules (aggregation, figures, tables, numbers, provenance)",
+                      ("pandas", "numpy", "matplotlib", "pygments", "zstandard", "pyyaml", "jsonschema",
+                       "packaging")),
+    "tracking": EnvSpec("rule track_runs (MLflow)", ("mlflow-skinny", "sqlalchemy", "alembic", "pandas", "scipy",
+                                                     "tqdm", "pyyaml", "jsonschema", "packaging")),
+    "latex": EnvSpec("rule paper: TeX (latexmk, pdflatex, bibtex) plus the report's Python packages. On\n"
+                     "# Debian/Ubuntu without conda use\n"
+                     "#   apt-get install --no-install-recommends texlive-latex-recommended latexmk",
+                     ("pandas", "numpy", "pyyaml", "jsonschema", "packaging"), conda=("texlive-core", "latexmk")),
+}
+
+
+@dataclass
+class Pin:
+    name: str                       # canonical name
+    version: str
+    hashes: list[str] = field(default_factory=list)
+    via: list[str] = field(default_factory=list)  # canonical names of the locked packages that require it
+    direct: bool = False            # required by pyproject.toml itself
+
+
+class LockError(ValueError):
+    """The lock is missing, malformed, or disagrees with pyproject.toml or the envs."""
+
+
+def lock_path(root: Path | None = None) -> Path:
+    return Path(root or ROOT) / LOCK_NAME
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+_REQ_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+
+
+def read_lock(path: Path | None = None) -> dict[str, Pin]:
+    """The pins of a uv/pip-compile lock with hashes and ``# via`` annotations, by canonical name."""
+    path = Path(path or lock_path())
+    if not path.is_file():
+        raise LockError(f"{path}: lock file not found (make lock writes it)")
+    pins: dict[str, Pin] = {}
+    current: Pin | None = None
+    in_via = False
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.rstrip()
+        if not line.strip():
+            continue
+        if not raw[0].isspace():
+            in_via = False
+            if line.startswith("#"):
+                current = None
+                continue
+            if line.startswith("-"):  # an option line such as --extra-index-url
+                current = None
+                continue
+            m = _REQ_LINE.match(line)
+            if not m:
+                raise LockError(f"{path}:{n}: not an exact pin (name==version): {line!r}")
+            name = canonicalize_name(m.group(1))
+            if name in pins:
+                raise LockError(f"{path}:{n}: {name} is pinned twice")
+            current = pins[name] = Pin(name, m.group(3))
+            current.hashes += re.findall(r"--hash=(\w+:[0-9a-f]+)", line)
+            continue
+        if current is None:
+            continue
+        text = line.strip()
+        current.hashes += re.findall(r"--hash=(\w+:[0-9a-f]+)", text)
+        if text.startswith("# via"):
+            in_via = True
+            rest = text[len("# via"):].strip()
+            for item in filter(None, (s.strip() for s in rest.split(","))):
+                _add_via(current, item)
+        elif in_via and text.startswith("#"):
+            _add_via(current, text.lstrip("#").strip())
+    if not pins:
+        raise LockError(f"{path}: no pins")
+    return pins
+
+
+def _add_via(pin: Pin, item: str) -> None:
+    if not item:
+        return
+    if item.startswith(("repro ", "repro[", "-r ", "-c ")) or item in ("repro", "pyproject.toml"):
+        pin.direct = True
+        return
+    pin.via.append(canonicalize_name(re.split(r"[\s\[]", item, maxsplit=1)[0]))
+
+
+def pyproject_requirements(pyproject: Path | None = None, extras: tuple[str, ...] = ("test",)) -> list[Requirement]:
+    import tomllib  # Python 3.11+, like the lock
+
+    data = tomllib.loads(Path(pyproject or ROOT / "pyproject.toml").read_text())
+    project = data["project"]
+    reqs = [Requirement(r) for r in project.get("dependencies", [])]
+    for extra in extras:
+        reqs += [Requirement(r) for r in project.get("optional-dependencies", {}).get(extra, [])]
+    return reqs
+
+
+def closure(pins: dict[str, Pin], names) -> list[str]:
+    """``names`` and every locked package they need, transitively, by the lock's ``via`` annotations."""
+    wanted = {canonicalize_name(n) for n in names}
+    missing = sorted(wanted - set(pins))
+    if missing:
+        raise LockError(f"not in the lock: {', '.join(missing)}")
+    changed = True
+    while changed:
+        changed = False
+        for pin in pins.values():
+            if pin.name not in wanted and wanted.intersection(pin.via):
+                wanted.add(pin.name)
+                changed = True
+    return sorted(wanted)
+
+
+def render_env(name: str, spec: EnvSpec, pins: dict[str, Pin], python: str = LOCK_PYTHON) -> str:
+    names = closure(pins, spec.packages)
+    lines = [
+        f"# Conda environment of {spec.what} (snakemake --use-conda).",
+        f"# Generated from {LOCK_NAME} by `python -m repro.envs write` (make lock): every Python package at",
+        "# the lock's exact version. Do not edit by hand.",
+        f"name: repro-{name}",
+        "channels: [conda-forge]",
+        "dependencies:",
+        f"  - python={python}",
+        "  - pip",
+        *[f"  - {c}" for c in spec.conda],
+        "  - pip:",
+    ]
+    if any(pins[n].version.endswith("+cpu") for n in names):
+        lines.append(f"      - --extra-index-url {TORCH_CPU_INDEX}")
+    lines += [f'      - "{n}=={pins[n].version}"' for n in names]
+    return "\n".join(lines) + "\n"
+
+
+def write_envs(env_dir: Path, pins: dict[str, Pin], python: str = LOCK_PYTHON) -> list[Path]:
+    env_dir = Path(env_dir)
+    env_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, spec in ENVS.items():
+        path = env_dir / f"{name}.yaml"
+        text = render_env(name, spec, pins, python)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        out.append(path)
+    return out
+
+
+def env_pins(env_file: Path) -> dict[str, str]:
+    """``name -> version`` of the exact pins in an environment file's pip section."""
+    import yaml
+
+    spec = yaml.safe_load(Path(env_file).read_text())
+    out = {}
+    for dep in spec.get("dependencies", []):
+        if isinstance(dep, dict):
+            for req in dep.get("pip", []):
+                if req.startswith("-"):
+                    continue
+                r = Requirement(req)
+                spec_list = list(r.specifier)
+                if len(spec_list) != 1 or spec_list[0].operator != "==":
+                    raise LockError(f"{env_file}: {req!r} is not an exact pin")
+                out[canonicalize_name(r.name)] = spec_list[0].version
+    return out
+
+
+def check(root: Path | None = None) -> list[str]:
+    """Every disagreement between pyproject.toml, the lock and envs/*.yaml (empty when they agree)."""
+    root = Path(root or ROOT)
+    problems = []
+    pins = read_lock(lock_path(root))
+    for pin in pins.values():
+        if not pin.hashes:
+            problems.append(f"{LOCK_NAME}: {pin.name}=={pin.version} has no hash")
+    env = {"python_version": LOCK_PYTHON, "python_full_version": f"{LOCK_PYTHON}.0", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    for req in pyproject_requirements(root / "pyproject.toml"):
+        if req.marker is not None and not req.marker.evaluate({**env, "extra": "test"}):
+            continue
+        pin = pins.get(canonicalize_name(req.name))
+        if pin is None:
+            problems.append(f"pyproject.toml requires {req} but the lock has no {req.name} (run make lock)")
+        elif not req.specifier.contains(Version(pin.version), prereleases=True):
+            problems.append(f"pyproject.toml requires {req} but the lock pins {pin.name}=={pin.version} (run make lock)")
+        elif not pin.direct:
+            problems.append(f"{LOCK_NAME}: {pin.name} is a pyproject.toml requirement but not annotated as one "
+                            "(the lock was not compiled from this pyproject.toml; run make lock)")
+    for name, spec in ENVS.items():
+        path = root / "envs" / f"{name}.yaml"
+        if not path.is_file():
+            problems.append(f"envs/{name}.yaml: missing (python -m repro.envs write)")
+            continue
+        for pkg, version in env_pins(path).items():
+            if pkg not in pins:
+                problems.append(f"envs/{name}.yaml: {pkg} is not in the lock")
+            elif pins[pkg].version != version:
+                problems.append(f"envs/{name}.yaml: {pkg}=={version} but the lock pins {pins[pkg].version}")
+        try:
+            if path.read_text() != render_env(name, spec, pins):
+                problems.append(f"envs/{name}.yaml: differs from what the lock generates (python -m repro.envs write)")
+        except LockError as exc:
+            problems.append(f"envs/{name}.yaml: {exc}")
+    return problems
+
+
+def installed_versions() -> dict[str, str]:
+    """``name -> version`` of the distributions on sys.path (the first one found wins, as for imports).
+
+    Read from the ``<name>-<version>.dist-info`` folder names, which the wheel format fixes, so that
+    recording it in every provenance manifest costs milliseconds rather than parsing every METADATA
+    file; other layouts (.egg-info) fall back to importlib.metadata.
+    """
+    out: dict[str, str] = {}
+    for entry in sys.path:
+        folder = Path(entry or ".")
+        if not folder.is_dir():
+            continue
+        for info in folder.glob("*.dist-info"):
+            name, sep, version = info.name[: -len(".dist-info")].partition("-")
+            if sep and version:
+                out.setdefault(canonicalize_name(name), version)
+        for info in folder.glob("*.egg-info"):
+            from importlib import metadata
+
+            dist = metadata.Distribution.at(info)
+            if dist.metadata["Name"]:
+                out.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
+    return out
+
+
+def compare_installed(pins: dict[str, Pin], installed: dict[str, str] | None = None) -> dict[str, list]:
+    """Installed distributions against the lock: missing, different version, extraneous."""
+    installed = installed_versions() if installed is None else installed
+    missing = sorted(n for n in pins if n not in installed and n not in BOOTSTRAP)
+    differ = sorted((n, pins[n].version, installed[n]) for n in pins if n in installed and installed[n] != pins[n].version)
+    extra = sorted(n for n in installed if n not in pins and n not in BOOTSTRAP)
+    return {"missing": missing, "differ": differ, "extraneous": extra}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repro.envs", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["write", "check", "extraneous"])
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (lock, pyproject.toml, envs/)")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "write":
+            for path in write_envs(args.root / "envs", read_lock(lock_path(args.root))):
+                print(path)
+            return 0
+        if args.action == "check":
+            problems = check(args.root)
+            for p in problems:
+                print(p, file=sys.stderr)
+            if not problems:
+                print(f"{LOCK_NAME}, pyproject.toml and envs/*.yaml agree")
+            return 1 if problems else 0
+        print("\n".join(compare_installed(read_lock(lock_path(args.root)))["extraneous"]))
+        return 0
+    except LockError as exc:
+        print(f"repro.envs: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
