@@ -5,21 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_config
+from ..io import atomic_write_text
 
 
 def cmd_fit(args) -> int:
     import pandas as pd
 
+    from ..faults import kill_point
+    from ..lm.aggregate import REQUIRED_COLUMNS, STEP_COLUMNS, check_columns
     from .fits import run_fits
     from .gradnorm import gradient_norm_by_rank, gradient_norm_spread
 
     cfg = load_config(args.configfile)["laws"]
+    check_columns(args.runs, REQUIRED_COLUMNS)
+    check_columns(args.steps, STEP_COLUMNS)
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
                      cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs)
+    kill_point("fit_laws:after-fits")
     by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
-    by_rank.to_csv(Path(args.out) / "gradnorm_by_rank.csv", index=False)
+    atomic_write_text(Path(args.out) / "gradnorm_by_rank.csv", by_rank.to_csv(index=False))
     spread = gradient_norm_spread(by_rank)
-    spread.to_csv(Path(args.out) / "gradnorm_spread.csv", index=False)
+    atomic_write_text(Path(args.out) / "gradnorm_spread.csv", spread.to_csv(index=False))
     fits = table.drop_duplicates(["model", "dataset", "method", "target", "family"])
     for _, f in fits.iterrows():
         print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={f['r2']:.4g}"

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
+from ..faults import kill_point
+from ..io import atomic_path, atomic_write_text
 
 TASK_DIR = Path(__file__).with_name("tasks")
 LOCAL_TASKS = ("repro_knowledge", "repro_arithmetic", "repro_heldout_text")
@@ -358,6 +360,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
     from lm_eval.models.huggingface import HFLM
     from tqdm.auto import tqdm
 
+    from .forgetting import check_checkpoints
     from .models import load_model
 
     ev = cfg["evals"]
@@ -382,6 +385,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         if missing:
             raise FileNotFoundError(f"{summary_path}: no checkpoint for steps {missing}")
         plan = {s: ckpts[s] for s in sorted(wanted)}
+        check_checkpoints(summary_path.parent, plan)
         if not plan:
             model = None
         else:
@@ -405,18 +409,22 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
                             for p, r in zip(prompts, replies)]
         row["evals_seconds"] = time.perf_counter() - t0
         rows.append(row)
+        kill_point("evaluate_tasks:after-first-checkpoint")
+    # The replies first: tasks.csv is the rule's output, so once it exists everything is written.
+    atomic_write_text(Path(out_csv).with_suffix(".responses.jsonl"),
+                      "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts))
     _write(rows, out_csv)
-    tr = Path(out_csv).with_suffix(".responses.jsonl")
-    tr.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts), encoding="utf-8")
     return rows
 
 
 def _load_adapter(model, ckpt_dir: Path) -> None:
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from .models import load_safetensors
 
     dev = next(model.parameters()).device
-    result = set_peft_model_state_dict(model, load_file(Path(ckpt_dir) / "adapter_model.safetensors", device=str(dev)))
+    result = set_peft_model_state_dict(model, load_safetensors(Path(ckpt_dir) / "adapter_model.safetensors",
+                                                               device=str(dev)))
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise RuntimeError(f"{ckpt_dir}: adapter keys do not match the model: {unexpected[:3]}")
@@ -426,9 +434,7 @@ def _write(rows: list[dict], out_csv: Path) -> None:
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     fields = ["step"] + sorted({k for r in rows for k in r} - {"step"})
-    tmp = out_csv.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out_csv)
