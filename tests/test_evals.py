@@ -280,11 +280,14 @@ def test_schema_rejects_bad_evals_keys_by_name(tmp_path):
 
 
 def test_check_config_names_step_outside_the_grid(tmp_path):
-    cfg = load_config(_config(tmp_path, checkpoints=[0, 5]))
+    # Part of validation: a config whose evaluation plan cannot run does not load.
     with pytest.raises(ConfigError, match=r"evals.checkpoints\[1\].*5"):
-        evals.check_config(cfg)
-    cfg = load_config(_config(tmp_path, local_tasks=False))
+        load_config(_config(tmp_path, checkpoints=[0, 5]))
     with pytest.raises(ConfigError, match="evals.local_tasks"):
+        load_config(_config(tmp_path, local_tasks=False))
+    cfg = load_config(_config(tmp_path))
+    cfg["evals"]["checkpoints"] = [0, 5]
+    with pytest.raises(ConfigError, match=r"evals.checkpoints\[1\].*5"):
         evals.check_config(cfg)
 
 

@@ -147,6 +147,43 @@ def _semantic_errors(cfg: dict) -> list[str]:
             errors.append(
                 f"key 'model.tiny.num_key_value_heads': {nkv} does not divide num_attention_heads={nh}"
             )
+    errors += _branch_errors(cfg)
+    return errors
+
+
+def _teb_task_names(teb: dict) -> set[str]:
+    # The names repro.teb.tasks.task_specs gives (that module imports torch; validation must stay light).
+    tasks = teb.get("tasks", {})
+    ar = tasks.get("ar", {})
+    names = {f"ar-c{float(c):g}" for c in ar.get("couplings", [])} if ar.get("enabled") else set()
+    return names | {kind for kind in ("sines", "digits", "needle") if tasks.get(kind, {}).get("enabled")}
+
+
+def _branch_errors(cfg: dict) -> list[str]:
+    """Cross-key checks of the study branches, so that every one of them stops the run before a job."""
+    errors = []
+    teb = cfg.get("teb") or {}
+    if teb:
+        known = _teb_task_names(teb)
+        for i, task in enumerate(teb.get("beta_sweep", {}).get("tasks", [])):
+            if task not in known:
+                errors.append(f"key 'teb.beta_sweep.tasks[{i}]': {task!r} is not an enabled task "
+                              f"(enabled: {', '.join(sorted(known)) or 'none'})")
+    rs = (cfg.get("laws") or {}).get("rank_stability") or {}
+    if rs and rs.get("primary_optimizer") not in rs.get("optimizers", []):
+        errors.append(f"key 'laws.rank_stability.primary_optimizer': {rs.get('primary_optimizer')!r} is not one "
+                      f"of laws.rank_stability.optimizers {rs.get('optimizers')}")
+    shapes = ((cfg.get("compression") or {}).get("compactness") or {}).get("random_maximum", {}).get("shapes", [])
+    for i, (n, d) in enumerate(shapes):
+        if d > n:
+            errors.append(f"key 'compression.compactness.random_maximum.shapes[{i}]': [{n}, {d}] has d > n")
+    if (cfg.get("evals") or {}).get("enabled"):
+        from .lm.evals import check_config
+
+        try:
+            check_config(cfg)
+        except ConfigError as exc:
+            errors.append(str(exc))
     return errors
 
 
