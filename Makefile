@@ -9,7 +9,7 @@ SNAKEMAKE_ARGS ?=
 CONFIGFILE ?=
 CONFIG_ARG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE),)
 
-.PHONY: setup run dry-run-paper forecast paper report bundle test test-fast lint clean
+.PHONY: setup run dry-run-paper forecast paper report bundle test test-fast drills lint clean
 
 # Idempotent: the venv is (re)installed only when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -43,10 +43,14 @@ bundle: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro bundle pack
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not drills"
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not drills"
+
+# Fault drills on the real DAG (SIGKILL mid-job, damaged inputs, full disk, locks, SLURM): README "Fault drills".
+drills: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m drills
 
 # Device-hours and jobs of a preset before submitting it:  make forecast PRESET=presets/paper.yaml
 PRESET ?= presets/paper.yaml
