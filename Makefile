@@ -9,7 +9,7 @@ SNAKEMAKE_ARGS ?=
 CONFIGFILE ?=
 CONFIG_ARG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE),)
 
-.PHONY: setup lock run dry-run-paper forecast paper report bundle test test-fast lint clean
+.PHONY: setup lock run dry-run-paper forecast paper report bundle test test-fast drills lint clean
 
 # Exact versions with hashes for CPython 3.11 on Linux x86_64, compiled from pyproject.toml by `make lock`.
 LOCK := requirements-lock.txt
@@ -71,10 +71,14 @@ bundle: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro bundle pack
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not drills"
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not drills"
+
+# Fault drills on the real DAG (SIGKILL mid-job, damaged inputs, full disk, locks, SLURM): README "Fault drills".
+drills: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m drills
 
 # Device-hours and jobs of a preset before submitting it:  make forecast PRESET=presets/paper.yaml
 PRESET ?= presets/paper.yaml

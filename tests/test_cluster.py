@@ -128,3 +128,19 @@ def test_every_rule_names_a_conda_env_that_exists():
             assert target.is_file(), f"{smk.name}: conda env {env} does not exist"
             names.add(target.name)
     assert names, "no rule names a conda env"
+
+
+def test_memory_and_time_requests_grow_with_the_attempt():
+    """A retry after an out-of-memory or time-limit kill asks for more (1x, 2x, 3x the first request)."""
+    from snakemake.common import get_input_function_aux_params
+
+    paper = load_config(REPO / "presets/paper.yaml")
+    for family in ("finetune", "evaluate", "compression_enumerate", "light"):
+        res = job_resources(family, paper)
+        wc = Wildcards(rank="256", n="5")
+        for key in ("mem_mb", "runtime"):
+            # Snakemake hands `attempt` to a resource function only when it is one of its parameters.
+            assert "attempt" in get_input_function_aux_params(res[key], {"attempt": 2, "input": []})
+            first = res[key](wc)
+            assert first > 0 and [res[key](wc, attempt=a) for a in (1, 2, 3)] == [first, 2 * first, 3 * first]
+        assert not callable(res["cpus_per_task"])

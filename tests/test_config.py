@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from repro import cli
-from repro.config import ConfigError, config_hash, format_lr, load_config, validate_config
+from repro.config import ConfigError, config_hash, load_config, validate_config
+from repro.lm.runs import format_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {

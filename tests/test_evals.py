@@ -15,7 +15,7 @@ import yaml
 
 from repro.config import ConfigError, load_config
 from repro.lm import evals, taskgen
-from repro.lm.runs import planned_eval_steps
+from repro.lm.runs import check_evals_plan, planned_eval_steps
 
 torch.set_num_threads(1)
 
@@ -272,18 +272,21 @@ def test_schema_rejects_bad_evals_keys_by_name(tmp_path):
 
 
 def test_check_config_names_step_outside_the_grid(tmp_path):
-    cfg = load_config(_config(tmp_path, checkpoints=[0, 5]))
+    # Part of validation: a config whose evaluation plan cannot run does not load.
     with pytest.raises(ConfigError, match=r"evals.checkpoints\[1\].*5"):
-        evals.check_config(cfg)
-    cfg = load_config(_config(tmp_path, local_tasks=False))
+        load_config(_config(tmp_path, checkpoints=[0, 5]))
     with pytest.raises(ConfigError, match="evals.local_tasks"):
-        evals.check_config(cfg)
+        load_config(_config(tmp_path, local_tasks=False))
+    cfg = load_config(_config(tmp_path))
+    cfg["evals"]["checkpoints"] = [0, 5]
+    with pytest.raises(ConfigError, match=r"evals.checkpoints\[1\].*5"):
+        check_evals_plan(cfg)
 
 
 def test_shipped_configs_plan_their_eval_steps():
     for name, expected in (("config.yaml", [0, 8, 64]), ("presets/test.yaml", [0, 2, 8])):
         cfg = load_config(name)
-        evals.check_config(cfg)
+        check_evals_plan(cfg)
         assert planned_eval_steps(cfg) == expected
     paper = load_config("presets/paper.yaml")
     assert paper["evals"]["tasks"] == ["arc_easy", "arc_challenge", "mmlu", "hellaswag"]

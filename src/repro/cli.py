@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .io import InputError, is_disk_full
 
 BRANCHES = ("laws", "report", "teb", "compression", "cluster", "provenance", "paper")
 
@@ -51,14 +52,16 @@ def cmd_data_build(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .lm.data import finetune_paths, read_jsonl
+    from .lm.data import check_data_files, finetune_paths, read_jsonl
     from .lm.finetune import RunSpec, train_run
 
     cfg = load_config(args.configfile)
     if args.dataset not in cfg["data"]["finetune"]:
         raise ConfigError(f"--dataset {args.dataset!r} is not a data.finetune entry of {args.configfile}")
     spec = RunSpec.from_config(cfg, args.dataset, args.method, args.rank, args.lr, args.seed)
-    rows = read_jsonl(finetune_paths(args.data_dir, args.dataset)["train"])
+    train = finetune_paths(args.data_dir, args.dataset)["train"]
+    check_data_files(args.data_dir, [train])
+    rows = read_jsonl(train)
     summary = train_run(spec, args.model_dir, rows, args.out, progress=not args.no_progress)
     print(f"trained {summary['steps_done']} steps; {len(summary['checkpoints'])} checkpoints; "
           f"trainable params {summary['trainable_params']}; scaling {summary['scaling']}")
@@ -66,13 +69,16 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate_forgetting(args) -> int:
-    from .lm.data import finetune_paths, forgetting_path, read_jsonl
+    from .lm.data import check_data_files, finetune_paths, forgetting_path, read_jsonl
     from .lm.forgetting import evaluate_run
 
     cfg = load_config(args.configfile)
     summary = json.loads(Path(args.summary).read_text())
-    heldout = read_jsonl(finetune_paths(args.data_dir, summary["dataset"])["heldout"])
-    forgetting = {name: read_jsonl(forgetting_path(args.data_dir, name)) for name in cfg["data"]["forgetting"]}
+    heldout_path = finetune_paths(args.data_dir, summary["dataset"])["heldout"]
+    corpora = {name: forgetting_path(args.data_dir, name) for name in cfg["data"]["forgetting"]}
+    check_data_files(args.data_dir, [heldout_path, *corpora.values()])
+    heldout = read_jsonl(heldout_path)
+    forgetting = {name: read_jsonl(path) for name, path in corpora.items()}
     rows = evaluate_run(
         args.summary, args.model_dir, heldout, forgetting, args.out,
         batch_size=cfg["evaluate"]["batch_size"], max_cache_gb=cfg["evaluate"]["max_cache_gb"],
@@ -85,12 +91,11 @@ def cmd_evaluate_forgetting(args) -> int:
 
 
 def cmd_evaluate_tasks(args) -> int:
-    from .lm.evals import check_config, evaluate_checkpoints
+    from .lm.evals import evaluate_checkpoints
 
-    cfg = load_config(args.configfile)
+    cfg = load_config(args.configfile)  # validation includes the evals plan's cross-key checks
     if not cfg["evals"]["enabled"]:
         raise ConfigError(f"key 'evals.enabled': false in {args.configfile}; nothing to evaluate")
-    check_config(cfg)
     if (args.summary is None) == (not args.base):
         raise ConfigError("repro evaluate tasks: give exactly one of --summary (a run) or --base (the base model)")
     rows = evaluate_checkpoints(cfg, args.model_dir, args.out, summary_path=args.summary, steps=args.steps,
@@ -222,9 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"repro: config error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InputError) as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        where = getattr(args, "out", None) or getattr(args, "out_dir", None)
+        print(f"repro {args.command}: out of disk space (or over the file-size limit) while writing"
+              f"{f' under {where}' if where else ''}: {exc}\nNothing partial is kept under a final name: "
+              "free space, then rerun (snakemake --rerun-incomplete); a fine-tuning run resumes from its "
+              "last saved state.", file=sys.stderr)
+        return 1
     if not code:
         # Provenance never fails a job whose outputs are written.
         try:

@@ -18,12 +18,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .errors import ConfigError
+
 # Package data, so a non-editable install (a wheel, each --use-conda environment) validates the same way.
 SCHEMA_PATH = Path(__file__).resolve().with_name("schemas") / "config.schema.yaml"
 
-
-class ConfigError(ValueError):
-    """A configuration that must not run; the message names every offending key."""
 
 
 def load_schema(path: Path | None = None) -> dict:
@@ -161,6 +160,37 @@ def _semantic_errors(cfg: dict) -> list[str]:
             errors.append(
                 f"key 'model.tiny.num_key_value_heads': {nkv} does not divide num_attention_heads={nh}"
             )
+    errors += _branch_errors(cfg)
+    return errors
+
+
+def _branch_errors(cfg: dict) -> list[str]:
+    """Cross-key checks of the study branches, so that every one of them stops the run before a job."""
+    errors = []
+    # The branches' run plans are pure functions of the config (no torch), the layer just above this one.
+    from .lm.runs import check_evals_plan
+    from .teb.runs import task_specs
+
+    teb = cfg.get("teb") or {}
+    if teb:
+        known = set(task_specs(teb))
+        for i, task in enumerate(teb.get("beta_sweep", {}).get("tasks", [])):
+            if task not in known:
+                errors.append(f"key 'teb.beta_sweep.tasks[{i}]': {task!r} is not an enabled task "
+                              f"(enabled: {', '.join(sorted(known)) or 'none'})")
+    rs = (cfg.get("laws") or {}).get("rank_stability") or {}
+    if rs and rs.get("primary_optimizer") not in rs.get("optimizers", []):
+        errors.append(f"key 'laws.rank_stability.primary_optimizer': {rs.get('primary_optimizer')!r} is not one "
+                      f"of laws.rank_stability.optimizers {rs.get('optimizers')}")
+    shapes = ((cfg.get("compression") or {}).get("compactness") or {}).get("random_maximum", {}).get("shapes", [])
+    for i, (n, d) in enumerate(shapes):
+        if d > n:
+            errors.append(f"key 'compression.compactness.random_maximum.shapes[{i}]': [{n}, {d}] has d > n")
+    if (cfg.get("evals") or {}).get("enabled"):
+        try:
+            check_evals_plan(cfg)
+        except ConfigError as exc:
+            errors.append(str(exc))
     return errors
 
 
@@ -216,6 +246,3 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def format_lr(lr: float) -> str:
-    """The learning rate as it appears in paths: short, exact, and stable (5e-04 -> 0.0005)."""
-    return repr(float(lr)).removesuffix(".0")

@@ -1,4 +1,5 @@
-"""Writes that never leave a half-written file where a finished one is expected, and file hashes.
+"""Writes that never leave a half-written file where a finished one is expected, file hashes, and the
+errors of inputs that are missing or damaged.
 
 Every output of the pipeline is written beside its final path under a temporary name and renamed over
 it at the end, so a kill, a full disk or an exception leaves the old file (or none) and never a
@@ -8,6 +9,7 @@ writers of one path never share a temporary file) and start with a dot.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -16,37 +18,107 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# Out of space, over a quota, or over the per-process file-size limit (RLIMIT_FSIZE, e.g. a scheduler's).
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Libraries that wrap the OS error in their own exception keep its text (safetensors); torch's zip writer
+# reports a short write as a failed write or as a position mismatch.
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large", "FileTooLarge",
+                  "StorageFull", "file write failed", "unexpected pos ")
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class InputError(RuntimeError):
+    """An input file that is missing, damaged or inconsistent; the message names it and the way out."""
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the file that was being written."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a write refused for lack of space."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(exc) for text in DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _no_room_for(tmp: str) -> bool:
+    """Whether a failed write stopped at the file-size limit or on a full file system.
+
+    Some writers (torch's zip writer) report a refused write without the OS error, so the condition
+    itself is checked: the partial file reached RLIMIT_FSIZE, or the file system has no block left.
+    """
+    import resource
+
+    try:
+        size = os.path.getsize(tmp)
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY and size >= soft:
+            return True
+        st = os.statvfs(os.path.dirname(tmp) or ".")
+        return st.f_bavail * st.f_frsize < 1 << 20
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on any error remove it.
+
+    A kill leaves the old file or the new one, never a partial one under the final name; a failed write
+    (a full disk) also removes the partial temporary file, so the space is given back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    # mkstemp makes the file private (0600); the output gets the permissions an ordinary write would give.
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and (is_disk_full(exc) or _no_room_for(tmp))
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(errno.ENOSPC, f"no space to write {path} ({exc})") from exc
+        raise
+
+
+def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
+    """Write to a temporary file beside ``path``, then rename: a kill leaves the old file or the new one."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding=encoding)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "w", **kwargs) -> Iterator:
     """``open()`` for writing whose file appears at ``path`` only when the block ends without error."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: a kill leaves the old file or the new one."""
-    with atomic_open(path, "w") as fh:
-        fh.write(text)
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` (data and timestamps) so that ``dst`` is never seen half copied."""
-    with atomic_open(dst, "wb") as fh, open(src, "rb") as inp:
-        shutil.copyfileobj(inp, fh)
-        tmp_name = fh.name
-        fh.flush()
-        shutil.copystat(src, tmp_name)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        shutil.copystat(src, tmp)
 
 
 def write_if_changed(path: Path, text: str) -> bool:

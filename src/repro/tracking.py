@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import format_lr
+from .lm.runs import format_lr
 
 SCHEMA = "repro-tracking/1"
 DEFAULT_URI = "sqlite:///results/mlruns/mlflow.db"

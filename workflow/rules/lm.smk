@@ -107,12 +107,7 @@ rule evaluate:
 # zero), so it is evaluated once per model; each run then evaluates only its later selected checkpoints.
 EVALS = config["evals"]["enabled"]
 if EVALS:
-    from repro.lm.evals import check_config as _check_evals
-
-    try:
-        _check_evals(config)
-    except ConfigError as exc:
-        raise WorkflowError(str(exc)) from None
+    # The plan's cross-key checks ran in the Snakefile's validation.
     EVAL_BASE = 0 in planned_eval_steps(config)
     EVAL_RUN_STEPS = [s for s in planned_eval_steps(config) if s > 0]
 else:

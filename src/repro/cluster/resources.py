@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 from .shapes import ModelShape, model_shape
 from .throughput import lm_seconds
@@ -53,6 +54,28 @@ def _slurm_placement(gpu: bool) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class GrowsWithAttempt:
+    """A request that grows with Snakemake's attempt number: ``base`` x attempt.
+
+    The SLURM profile retries a failed job (``retries: 2``); a job killed for exceeding its memory or
+    time limit would fail again at the same request, so every retry asks for one more multiple of the
+    first request (1x, 2x, 3x). ``base`` is a number or a function of the job's wildcards. Snakemake
+    passes ``attempt`` because it is a parameter name of ``__call__``; called with wildcards alone (the
+    forecast, the tests) it gives the first attempt's request.
+    """
+
+    base: object
+
+    def __call__(self, wildcards, attempt: int = 1) -> int:
+        value = self.base(wildcards) if callable(self.base) else self.base
+        return int(value) * max(1, int(attempt))
+
+
+def _grow(res: dict) -> dict:
+    return {k: GrowsWithAttempt(v) if k in ("mem_mb", "runtime") else v for k, v in res.items()}
+
+
 # Jobs of these families load the language model and run on the config's device.
 LM_DEVICE_JOBS = ("prepare_data", "finetune", "evaluate", "evaluate_tasks")
 # Small CPU jobs: tables, fits, figures, bookkeeping.
@@ -60,7 +83,12 @@ LIGHT_JOBS = {"mem_mb": MIN_MEM_MB, "runtime": 30, "cpus_per_task": 1}
 
 
 def job_resources(family: str, cfg: dict, device_name: str | None = None) -> dict:
-    """`resources:` of one rule family. Values are numbers, or callables of the job's wildcards."""
+    """`resources:` of one rule family: ``mem_mb`` and ``runtime`` grow with the attempt number
+    (GrowsWithAttempt), the others are numbers."""
+    return _grow(_first_attempt(family, cfg, device_name))
+
+
+def _first_attempt(family: str, cfg: dict, device_name: str | None = None) -> dict:
     if family in LM_DEVICE_JOBS or family == "download_model":
         shape = model_shape(cfg["model"])
         on_gpu = cfg["device"] == "cuda" and family != "download_model"

@@ -8,6 +8,7 @@ wall time.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import sys
 import time
@@ -16,7 +17,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..faults import kill_point
+from ..io import atomic_path, atomic_write_text
 from . import CompressionInputError
 from .classes import (
     ConceptClass,
@@ -69,19 +71,21 @@ def log_to_stderr(msg: str) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    atomic_write_text(Path(path), json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def write_records(path: str | Path, records: Iterable[dict]) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Gzipped JSON lines, written beside ``path`` and renamed at the end (a kill leaves no partial file)."""
     count = 0
-    with gzip.open(path, "wt") as fh:
+    # No file name and a zero time in the gzip header: the same records give the same bytes.
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
             count += 1
+            if count == 1:
+                kill_point("compression:after-first-record")
     return count
 
 
@@ -98,6 +102,7 @@ def run_enumerate(cfg: dict, n: int, d: int, out: Path, progress: bool = True,
     ecfg = cfg["enumerate"]
     result = enumerate_job(n, d, orbits=ecfg["orbits"], brute_force_max_n=ecfg["brute_force_n_max"],
                            direct_check_max_n=ecfg["stream_check_n_max"], progress=progress, log=log)
+    kill_point("compression_enumerate:before-write")
     write_json(out, result)
     return result
 

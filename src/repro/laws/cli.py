@@ -11,12 +11,17 @@ from ..io import atomic_write_text
 def cmd_fit(args) -> int:
     import pandas as pd
 
+    from ..faults import kill_point
+    from ..lm.aggregate import REQUIRED_COLUMNS, STEP_COLUMNS, check_columns
     from .fits import run_fits
     from .gradnorm import gradient_norm_by_rank, gradient_norm_spread
 
     cfg = load_config(args.configfile)["laws"]
+    check_columns(args.runs, REQUIRED_COLUMNS)
+    check_columns(args.steps, STEP_COLUMNS)
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
                      cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs)
+    kill_point("fit_laws:after-fits")
     by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
     atomic_write_text(Path(args.out) / "gradnorm_by_rank.csv", by_rank.to_csv(index=False))
     spread = gradient_norm_spread(by_rank)

@@ -15,6 +15,29 @@ REQUIRED_COLUMNS = [
     "loss_ft", "loss_forget", "kl_forget", "base_entropy", "grad_norm",
 ]
 RUN_KEYS = ["model", "dataset", "method", "rank", "lr", "seed", "alpha", "max_steps", "batch_size", "max_length"]
+# What the law fits and the gradient-norm tables read from steps.csv.
+STEP_COLUMNS = ["model", "dataset", "method", "rank", "lr", "seed", "step", "grad_norm"]
+
+
+def check_columns(path: Path, required: list[str]) -> None:
+    """Refuse a table that lacks columns downstream code reads, naming the file and the columns.
+
+    Only the header is read. The way out is Snakemake's: once the damaged table is deleted, the next
+    run rebuilds it from the runs it was aggregated from.
+    """
+    from ..io import InputError
+
+    path = Path(path)
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pandas' parser errors name no file
+        raise InputError(f"{path}: not a readable CSV table ({type(exc).__name__}: {exc}); delete it and rerun") from exc
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                         f"(it has {len(header)} columns); delete it and rerun to rebuild it")
 
 
 def run_table(summary_path: Path, with_tasks: bool = False) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_open, sha256_file
+from ..io import InputError, atomic_open, atomic_write_text, sha256_file
 
 # Parts of the standard library that are tests, demos, GUI toolkits or vendored packages.
 _SKIP_DIRS = {
@@ -46,7 +46,7 @@ QUESTION_TEMPLATES = {
 }
 
 
-class DataError(RuntimeError):
+class DataError(InputError):
     pass
 
 
@@ -350,6 +350,32 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def check_data_files(data_dir: str | Path, paths: Iterable[str | Path]) -> None:
+    """Refuse data files that are not the ones 'repro data build' wrote: each must be listed in the
+    folder's manifest.json with the SHA-256 it has now (a file edited, truncated or swapped since is
+    caught before a run trains or is evaluated on it)."""
+    data_dir = Path(data_dir)
+    manifest_path = data_dir / "manifest.json"
+    rebuild = f"delete {manifest_path} and rerun (prepare_data rebuilds every file of {data_dir})"
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except FileNotFoundError:
+        raise DataError(f"{manifest_path}: not found; run 'repro data build'") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{manifest_path}: damaged data manifest ({exc}); {rebuild}") from exc
+    for path in paths:
+        path = Path(path)
+        rel = path.relative_to(data_dir).as_posix()
+        if rel not in files:
+            raise DataError(f"{path}: not listed in {manifest_path}; {rebuild}")
+        if not path.is_file():
+            raise DataError(f"{path}: listed in {manifest_path} but missing; {rebuild}")
+        digest = sha256_file(path)
+        if digest != files[rel]["sha256"]:
+            raise DataError(f"{path}: SHA-256 {digest[:12]}... does not match its manifest "
+                            f"({files[rel]['sha256'][:12]}...): the file changed after 'repro data build'; {rebuild}")
+
+
 def finetune_paths(data_dir: Path, name: str) -> dict[str, Path]:
     return {split: Path(data_dir) / "finetune" / name / f"{split}.jsonl" for split in ("train", "heldout")}
 
@@ -410,5 +436,5 @@ def build_all(config: dict, model_dir: Path, out_dir: Path) -> dict:
         },
         "argv": sys.argv,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..io import atomic_open
-from .runs import planned_eval_steps, select_steps
+from ..faults import kill_point
+from ..io import atomic_open, atomic_write_text
+from .runs import LOCAL_TASKS, select_steps
 
 TASK_DIR = Path(__file__).with_name("tasks")
-LOCAL_TASKS = ("repro_knowledge", "repro_arithmetic", "repro_heldout_text")
 HARMFUL_LOCAL = TASK_DIR / "harmful_requests.jsonl"
 KEYWORDS_DEFAULT = TASK_DIR / "refusal_keywords.txt"
 # lm-eval reports no standard error for these corpus-level ratios; they get a delta-method one here.
@@ -38,26 +38,6 @@ RATIO_METRICS = {"bits_per_byte", "byte_perplexity", "word_perplexity"}
 
 # --------------------------------------------------------------------------------------------------
 # Config checks
-
-
-def check_config(cfg: dict) -> None:
-    """Errors the schema cannot express, each naming its key (run before any job is planned)."""
-    ev = cfg.get("evals") or {}
-    if not ev.get("enabled"):
-        return
-    planned_eval_steps(cfg)
-    if not ev["tasks"] and not ev["safety"]["enabled"]:
-        raise ConfigError("key 'evals.tasks': empty while evals.safety.enabled is false: nothing to evaluate")
-    if not ev["local_tasks"]:
-        local = [t for t in ev["tasks"] if t in LOCAL_TASKS]
-        if local:
-            raise ConfigError(f"key 'evals.local_tasks': false, but evals.tasks names local tasks {local}")
-    for i, path in enumerate(ev["include_paths"]):
-        if not Path(path).is_dir():
-            raise ConfigError(f"key 'evals.include_paths[{i}]': {path!r} is not a directory")
-    kw = ev["safety"].get("keywords")
-    if ev["safety"]["enabled"] and kw and not Path(kw).exists():
-        raise ConfigError(f"key 'evals.safety.keywords': file {kw!r} not found")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,6 +305,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
     from lm_eval.models.huggingface import HFLM
     from tqdm.auto import tqdm
 
+    from .forgetting import check_checkpoints
     from .models import load_model
 
     ev = cfg["evals"]
@@ -349,6 +330,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         if missing:
             raise FileNotFoundError(f"{summary_path}: no checkpoint for steps {missing}")
         plan = {s: ckpts[s] for s in sorted(wanted)}
+        check_checkpoints(summary_path.parent, plan)
         if not plan:
             model = None
         else:
@@ -372,18 +354,22 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
                             for p, r in zip(prompts, replies)]
         row["evals_seconds"] = time.perf_counter() - t0
         rows.append(row)
+        kill_point("evaluate_tasks:after-first-checkpoint")
+    # The replies first: tasks.csv is the rule's output, so once it exists everything is written.
+    atomic_write_text(Path(out_csv).with_suffix(".responses.jsonl"),
+                      "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts))
     _write(rows, out_csv)
-    tr = Path(out_csv).with_suffix(".responses.jsonl")
-    tr.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts), encoding="utf-8")
     return rows
 
 
 def _load_adapter(model, ckpt_dir: Path) -> None:
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from .models import load_safetensors
 
     dev = next(model.parameters()).device
-    result = set_peft_model_state_dict(model, load_file(Path(ckpt_dir) / "adapter_model.safetensors", device=str(dev)))
+    result = set_peft_model_state_dict(model, load_safetensors(Path(ckpt_dir) / "adapter_model.safetensors",
+                                                               device=str(dev)))
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise RuntimeError(f"{ckpt_dir}: adapter keys do not match the model: {unexpected[:3]}")

@@ -206,20 +206,40 @@ def _save_resume_state(state_dir: Path, model, optimizer, step: int) -> None:
 
 
 def _load_resume_state(state_dir: Path, model, optimizer) -> int:
+    """The step saved in ``state_dir/resume`` (0 without one), its adapter, optimizer state and RNG loaded.
+
+    The state is written atomically, so a damaged one means the disk or a hand went wrong: it is refused,
+    naming the file, rather than half-loaded or silently replaced by a restart from step 0.
+    """
     import torch
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from ..io import InputError
+    from .models import load_safetensors
 
     resume = state_dir / "resume"
-    if not (resume / "meta.json").exists():
+    if not resume.exists():
         return 0
-    step = json.loads((resume / "meta.json").read_text())["step"]
+    advice = f"delete {resume} to restart this run from step 0 (its checkpoints come out the same)"
+    meta = resume / "meta.json"
+    try:
+        step = int(json.loads(meta.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{meta}: damaged resume state ({type(exc).__name__}: {exc}); {advice}") from exc
     device = next(model.parameters()).device
-    set_peft_model_state_dict(model, load_file(resume / "adapter.safetensors", device=str(device)))
-    bundle = torch.load(resume / "optimizer.pt", map_location=device, weights_only=True)
-    optimizer.load_state_dict(bundle["optimizer"])
-    torch.set_rng_state(bundle["torch_rng"].cpu())
-    return int(step)
+    try:
+        weights = load_safetensors(resume / "adapter.safetensors", device=str(device), what="resume state adapter")
+    except InputError as exc:
+        raise InputError(f"{exc}; {advice}") from exc
+    set_peft_model_state_dict(model, weights)
+    try:
+        bundle = torch.load(resume / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(bundle["optimizer"])
+        torch.set_rng_state(bundle["torch_rng"].cpu())
+    except Exception as exc:  # noqa: BLE001 - torch's zip reader raises RuntimeError; re-raised naming the file
+        raise InputError(f"{resume / 'optimizer.pt'}: damaged resume state ({type(exc).__name__}: {exc}); "
+                         f"{advice}") from exc
+    return step
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..faults import kill_point
 from ..io import atomic_open
 from .tokens import collate, encode_rows
 
@@ -210,10 +211,10 @@ class AdapterBank:
         self.weights[step] = [weights[k].to(device=t.device, dtype=t.dtype) for k, t in self.targets.items()]
 
     def load(self, step: int, checkpoint_dir: Path) -> None:
-        from safetensors.torch import load_file
+        from .models import load_safetensors
 
         device = next(iter(self.targets.values())).device
-        self.add(step, load_file(Path(checkpoint_dir) / "adapter_model.safetensors", device=str(device)),
+        self.add(step, load_safetensors(Path(checkpoint_dir) / "adapter_model.safetensors", device=str(device)),
                  source=str(checkpoint_dir))
 
     def activate(self, step: int) -> None:
@@ -358,6 +359,22 @@ def plan_sweeps(steps: list[int], adapter_bytes: int, budget_bytes: float) -> li
     return [steps[i : i + per_sweep] for i in range(0, len(steps), per_sweep)]
 
 
+def check_checkpoints(run_dir: Path, checkpoints: dict[int, Path]) -> None:
+    """Refuse a run whose listed adapter checkpoints are missing or damaged, before any model is loaded.
+
+    A checkpoint cannot be rebuilt from the run's resumable state (that holds the last step only), so the
+    way out is to retrain the run; training is deterministic, so the numbers come out the same.
+    """
+    from ..io import InputError
+    from .models import check_safetensors
+
+    for step, ckpt in sorted(checkpoints.items()):
+        try:
+            check_safetensors(ckpt / "adapter_model.safetensors", f"adapter checkpoint (step {step})")
+        except InputError as exc:
+            raise InputError(f"{exc}; delete the run folder {run_dir} and rerun to retrain it") from exc
+
+
 def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, threads: int):
     from peft import PeftModel
 
@@ -368,9 +385,7 @@ def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, thre
     run_dir = summary_path.parent
     summary = json.loads(summary_path.read_text())
     checkpoints = {int(s): run_dir / p for s, p in summary["checkpoints"].items()}
-    missing = [str(p) for p in checkpoints.values() if not (p / "adapter_model.safetensors").exists()]
-    if missing:
-        raise FileNotFoundError(f"{summary_path}: checkpoints listed but missing: {', '.join(missing)}")
+    check_checkpoints(run_dir, checkpoints)
     base, tokenizer = load_model(model_dir, dtype=dtype, device=device)
     model = PeftModel.from_pretrained(base, checkpoints[min(checkpoints)], is_trainable=False)
     model.eval()
@@ -396,7 +411,6 @@ def _row(step: int, loss_ft: float, n_ft: int, per_corpus: list[tuple[str, dict]
 
 
 def _write_csv(rows: list[dict], out_csv: Path) -> None:
-    out_csv = Path(out_csv)
     with atomic_open(out_csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -444,6 +458,7 @@ def evaluate_run(
         for step in sweep:
             bank.load(step, checkpoints[step])
         forgetting_res = forgetting_one_pass(model, corpora, bank, sweep, max_cache_gb, tick=bar.update)
+        kill_point("evaluate:after-forgetting-pass")
         for step in sweep:
             with bank.applied(step):
                 loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size, tick=bar.update)
@@ -470,8 +485,9 @@ def evaluate_per_checkpoint(
 ) -> list[dict]:
     """The previous evaluation, checkpoint after checkpoint (reference for tests and benchmarks)."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
+
+    from .models import load_safetensors
 
     run_dir, summary, checkpoints, model, tokenizer = _open_run(summary_path, model_dir, device, dtype, threads)
     vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
@@ -483,7 +499,7 @@ def evaluate_per_checkpoint(
     rows = []
     dev = next(model.parameters()).device
     for step in tqdm(sorted(checkpoints), desc=f"evaluating {run_dir.name}", disable=not progress):
-        weights = load_file(checkpoints[step] / "adapter_model.safetensors", device=str(dev))
+        weights = load_safetensors(checkpoints[step] / "adapter_model.safetensors", device=str(dev))
         result = set_peft_model_state_dict(model, weights)
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:

@@ -19,7 +19,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ..io import sha256_file
+from ..io import InputError, sha256_file
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -31,7 +31,7 @@ CHATML_TEMPLATE = (
 MANIFEST = "manifest.json"
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(InputError):
     pass
 
 
@@ -146,6 +146,10 @@ def _fetch_hf(model_cfg: dict, out: Path) -> dict:
     if local.is_dir():
         import fnmatch
 
+        code = sorted(p.relative_to(local).as_posix() for p in local.rglob("*.py"))
+        if code:
+            raise ModelSourceError(f"model.hf_repo: {local} holds Python code ({', '.join(code[:3])}); remote "
+                                   "code is never run (trust_remote_code stays False)")
         copied = []
         for item in sorted(local.iterdir()):
             if item.is_file() and any(fnmatch.fnmatch(item.name, pat) for pat in _HF_PATTERNS):
@@ -237,6 +241,60 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_safetensors(path: str | Path, what: str = "weights") -> None:
+    """Refuse a safetensors file whose header or length is damaged, naming it (cheap: header only).
+
+    safetensors checks that the header parses and that the tensors it lists cover the file exactly, so a
+    truncated or overwritten file is caught here instead of as an anonymous deserialisation error.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type; re-raised naming the file
+        raise InputError(f"{path}: damaged {what} file, not a readable safetensors file "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+def load_safetensors(path: str | Path, device: str = "cpu", what: str = "adapter checkpoint") -> dict:
+    """``safetensors.torch.load_file`` whose errors name the file."""
+    from safetensors.torch import load_file
+
+    check_safetensors(path, what)
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as exc:  # noqa: BLE001 - see check_safetensors
+        raise InputError(f"{path}: damaged {what} file ({type(exc).__name__}: {exc})") from exc
+
+
+def check_model_dir(model_dir: str | Path) -> list[Path]:
+    """The safetensors weight files of a fetched model folder, after refusing what must not be loaded.
+
+    Python files in a model folder are remote code (custom architectures) and pickled ``.bin`` weights
+    can run code when read; neither is ever loaded, so such a folder is refused outright rather than
+    passed to transformers, whose own errors would not say why.
+    """
+    model_dir = Path(model_dir)
+    code = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.py"))
+    if code:
+        raise InputError(f"{model_dir}: the model folder holds Python code ({', '.join(code[:3])}); remote "
+                         "code is never run (trust_remote_code stays False): use a model whose architecture "
+                         "transformers ships, without its .py files")
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        why = (f"only pickled weights ({', '.join(pickled[:3])}), which are never loaded: convert them to "
+               "safetensors") if pickled else "no *.safetensors weights"
+        raise InputError(f"{model_dir}: {why}")
+    for path in weights:
+        check_safetensors(path, "model weights")
+    return weights
+
+
 def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
     """Load a fetched model and tokenizer (safetensors only, no remote code)."""
     import torch
@@ -245,6 +303,11 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST).exists():
         raise FileNotFoundError(f"{model_dir}: not a fetched model (no {MANIFEST}); run 'repro model fetch'")
+    try:
+        check_model_dir(model_dir)
+    except InputError as exc:
+        # The rule's output is the manifest only, so Snakemake refetches once the whole folder is gone.
+        raise InputError(f"{exc}; delete {model_dir} and rerun ('repro model fetch' rebuilds it)") from exc
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,

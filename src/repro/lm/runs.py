@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError, format_lr
+from ..errors import ConfigError
 
 # One run's folder under the results root; its wildcards are the run's coordinates.
 RUN_DIR_TEMPLATE = "{results}/lm/runs/{model}/{dataset}/{method}/r{rank}/lr{lr}/seed{seed}"
 COORDINATES = ("dataset", "method", "rank", "lr", "seed")
+# lm-eval tasks shipped with the package (repro/lm/tasks/).
+LOCAL_TASKS = ("repro_knowledge", "repro_arithmetic", "repro_heldout_text")
+
+
+def format_lr(lr: float) -> str:
+    """The learning rate as it appears in paths: short, exact, and stable (5e-04 -> 0.0005)."""
+    return repr(float(lr)).removesuffix(".0")
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,23 @@ def select_steps(grid: list[int], spec: list, key: str = "evals.checkpoints") ->
 def planned_eval_steps(cfg: dict) -> list[int]:
     """Steps of every run evaluated on the task benchmarks (step 0 is the base model, evaluated once)."""
     return select_steps(run_checkpoints(cfg), cfg["evals"]["checkpoints"])
+
+
+def check_evals_plan(cfg: dict) -> None:
+    """Errors of the evals section the schema cannot express, each naming its key (run in validation)."""
+    ev = cfg.get("evals") or {}
+    if not ev.get("enabled"):
+        return
+    planned_eval_steps(cfg)
+    if not ev["tasks"] and not ev["safety"]["enabled"]:
+        raise ConfigError("key 'evals.tasks': empty while evals.safety.enabled is false: nothing to evaluate")
+    if not ev["local_tasks"]:
+        local = [t for t in ev["tasks"] if t in LOCAL_TASKS]
+        if local:
+            raise ConfigError(f"key 'evals.local_tasks': false, but evals.tasks names local tasks {local}")
+    for i, path in enumerate(ev["include_paths"]):
+        if not Path(path).is_dir():
+            raise ConfigError(f"key 'evals.include_paths[{i}]': {path!r} is not a directory")
+    kw = ev["safety"].get("keywords")
+    if ev["safety"]["enabled"] and kw and not Path(kw).exists():
+        raise ConfigError(f"key 'evals.safety.keywords': file {kw!r} not found")

@@ -21,12 +21,19 @@ that has to run pulls missing upstream outputs in. So the bundle keeps every dec
 paper depends on, sub-second modification times (PAX headers, restored by tarfile), and the metadata
 records, which unpack writes back into ``.snakemake/metadata`` (so a changed parameter is still
 noticed, exactly as on the machine that ran the jobs) after clearing stale ``incomplete`` markers.
+
+A bundle may come from someone else. Unpack reads it twice: the first pass checks every member (a regular
+file the index lists, with the index's SHA-256 and size; no absolute path, ``..``, link, device or FIFO),
+the index (only paths pack would choose: nothing outside results/, logs/ and model manifests, no weights
+that unpickle, no code), ``SHA256SUMS`` against the index, and the destination (not a symbolic link, no
+link inside it leading out); only then does the second pass write, each file through a temporary name.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -35,7 +42,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from ..config import config_hash
-from ..io import sha256_file
+from ..io import atomic_path, sha256_file
 from .manifest import MANIFEST_DIR, git_state, package_versions, utc_now
 
 INDEX = ".bundle/index.json"
@@ -243,58 +250,184 @@ def _open_read(path: Path):
     raise BundleError(f"{path}: not a .tar.zst or .tar.gz bundle")
 
 
-def unpack(bundle: Path, dest: Path = Path("."), force: bool = False, metadata: bool = True) -> dict:
-    dest = Path(dest)
-    raw, stream = _open_read(Path(bundle))
-    index = sums = records = None
-    expected: dict[str, str] = {}
-    restored = []
+def _member_problem(member: tarfile.TarInfo, expected: dict[str, str]) -> str | None:
+    """Why a tar member must not be restored, or None. Only regular files the index lists are restored."""
+    name = PurePosixPath(member.name)
+    if member.name.startswith("/") or name.is_absolute():
+        return "an absolute path"
+    if ".." in name.parts:
+        return "a path that climbs out with '..'"
+    if member.issym():
+        return f"a symbolic link (to {member.linkname})"
+    if member.islnk():
+        return f"a hard link (to {member.linkname})"
+    if member.ischr() or member.isblk():
+        return "a device file"
+    if member.isfifo():
+        return "a FIFO"
+    if member.isdir():
+        return "a folder entry (bundles hold files only)"
+    if not member.isfile():
+        return f"a tar entry of type {member.type!r}"
+    if member.name not in expected:
+        return "not in the bundle's index"
+    return None
+
+
+def _index_files(bundle: Path, index: dict) -> dict[str, dict]:
+    """The index's files by path, each path checked as pack would have chosen it."""
+    files: dict[str, dict] = {}
+    try:
+        entries = list(index["files"])
+    except (KeyError, TypeError):
+        raise BundleError(f"{bundle}: the index has no file list; not a repro bundle") from None
+    for entry in entries:
+        try:
+            path, digest, size = entry["path"], entry["sha256"], int(entry["size"])
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{bundle}: malformed index entry {entry!r}") from None
+        rel = PurePosixPath(path)
+        if not isinstance(path, str) or rel.is_absolute() or ".." in rel.parts or str(rel) != path:
+            raise BundleError(f"{bundle}: the index lists {path!r}, a path outside the workflow folder")
+        reason = selection_reason(rel)
+        if reason is not None:
+            # Only what pack takes travels: never code, weights that unpickle, or anything outside
+            # results/, logs/ and the model manifests.
+            raise BundleError(f"{bundle}: the index lists {path}, which no bundle carries ({reason})")
+        if path in files:
+            raise BundleError(f"{bundle}: the index lists {path} twice")
+        files[path] = {"sha256": digest, "size": size}
+    return files
+
+
+def _check_destination(dest: Path, paths) -> None:
+    """Refuse a destination through which a restored file would land outside it."""
+    if dest.is_symlink():
+        raise BundleError(f"destination {dest} is a symbolic link (to {os.readlink(dest)}); "
+                          "unpack into the folder itself")
+    if dest.exists() and not dest.is_dir():
+        raise BundleError(f"destination {dest} is not a folder")
+    root = os.path.realpath(dest)
+    for rel in paths:
+        target = os.path.realpath(dest / rel)
+        if os.path.commonpath([root, target]) != root:
+            raise BundleError(f"{dest / rel} would be written outside {dest} (a symbolic link on the way "
+                              f"resolves to {target}); nothing was restored")
+        parent = (dest / rel).parent
+        while parent != dest and not parent.exists():
+            parent = parent.parent
+        if parent != dest and not parent.is_dir():
+            raise BundleError(f"{parent} is a file where the bundle needs a folder; nothing was restored")
+
+
+def _read_members(bundle: Path):
+    raw, stream = _open_read(bundle)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                if member.name.startswith(".bundle/"):
-                    data = tar.extractfile(member).read()
-                    if member.name == INDEX:
-                        index = json.loads(data)
-                        expected = {e["path"]: e["sha256"] for e in index["files"]}
-                        conflicts = [p for p, h in expected.items()
-                                     if (dest / p).is_file() and sha256_file(dest / p) != h]
-                        if conflicts and not force:
-                            raise BundleError(
-                                f"{len(conflicts)} files in {dest} differ from the bundle (e.g. {conflicts[0]}); "
-                                "unpack into an empty folder or pass --force to overwrite them")
-                    elif member.name == SUMS:
-                        sums = data.decode()
-                    elif member.name == METADATA:
-                        records = json.loads(data)
-                    continue
-                if index is None:
-                    raise BundleError(f"{bundle}: the index must come first; not a repro bundle")
-                name = PurePosixPath(member.name)
-                if member.name not in expected or not member.isfile() or name.is_absolute() or ".." in name.parts:
-                    raise BundleError(f"{bundle}: {member.name} is not in the bundle's index")
-                target = dest / member.name
-                if target.exists():
-                    target.unlink()
-                if hasattr(tarfile, "data_filter"):
-                    tar.extract(member, dest, filter="data")
-                else:  # Python < 3.10.12: the checks above already refuse links and paths outside dest
-                    tar.extract(member, dest)
-                restored.append(member.name)
+                yield tar, member
+    except tarfile.TarError as exc:
+        raise BundleError(f"{bundle}: damaged archive ({exc}); nothing was restored") from exc
     finally:
         stream.close()
         if not raw.closed:
             raw.close()
+
+
+def _digest(fileobj, sink=None) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    for block in iter(lambda: fileobj.read(1 << 20), b""):
+        h.update(block)
+        size += len(block)
+        if sink is not None:
+            sink.write(block)
+    return h.hexdigest(), size
+
+
+def _verify(bundle: Path, dest: Path, force: bool) -> tuple[dict, dict[str, dict], str | None, dict]:
+    """First pass: read the whole bundle and check it against its index and the destination; write nothing."""
+    index = sums = records = None
+    files: dict[str, dict] = {}
+    seen: set[str] = set()
+    for tar, member in _read_members(bundle):
+        if member.name.startswith(".bundle/"):
+            if member.name not in (INDEX, SUMS, METADATA) or not member.isfile():
+                raise BundleError(f"{bundle}: unexpected bundle entry {member.name}")
+            if (member.name == INDEX and index is not None) or (member.name == SUMS and sums is not None) or \
+                    (member.name == METADATA and records is not None):
+                raise BundleError(f"{bundle}: {member.name} appears twice")
+            data = tar.extractfile(member).read()
+            try:
+                if member.name == INDEX:
+                    index = json.loads(data)
+                    files = _index_files(bundle, index)
+                    _check_destination(dest, files)
+                    conflicts = [p for p, e in files.items()
+                                 if (dest / p).is_file() and sha256_file(dest / p) != e["sha256"]]
+                    if conflicts and not force:
+                        raise BundleError(
+                            f"{len(conflicts)} files in {dest} differ from the bundle (e.g. {conflicts[0]}); "
+                            "unpack into an empty folder or pass --force to overwrite them")
+                elif member.name == SUMS:
+                    sums = data.decode()
+                else:
+                    records = json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BundleError(f"{bundle}: {member.name} is not readable ({exc})") from exc
+            continue
+        if index is None:
+            raise BundleError(f"{bundle}: the index must come first; not a repro bundle")
+        problem = _member_problem(member, files)
+        if problem:
+            raise BundleError(f"{bundle}: refusing {member.name!r}: {problem}; nothing was restored")
+        if member.name in seen:
+            raise BundleError(f"{bundle}: {member.name} appears twice; nothing was restored")
+        seen.add(member.name)
+        digest, size = _digest(tar.extractfile(member))
+        if digest != files[member.name]["sha256"] or size != files[member.name]["size"]:
+            raise BundleError(f"bundle damaged: {member.name} has the wrong SHA-256 or size for its index entry; "
+                              "nothing was restored")
     if index is None:
         raise BundleError(f"{bundle}: no index; not a repro bundle")
-    missing = sorted(set(expected) - set(restored))
-    bad = [p for p in restored if sha256_file(dest / p) != expected[p]]
-    if missing or bad:
-        raise BundleError(f"bundle damaged: {len(missing)} files missing, {len(bad)} with wrong SHA-256 "
-                          f"(e.g. {(missing or bad)[0]})")
-    n_records = write_metadata(dest, records or {}) if metadata else 0
-    return {"files": len(restored), "config_hash": index["config_hash"], "metadata_records": n_records,
-            "created": index["created"], "git": index.get("git"), "sha256sums": bool(sums)}
+    missing = sorted(set(files) - seen)
+    if missing:
+        raise BundleError(f"bundle damaged: {len(missing)} files of the index are missing from it "
+                          f"(e.g. {missing[0]}); nothing was restored")
+    if sums is not None:
+        listed = {}
+        for line in sums.splitlines():
+            digest, _, path = line.partition("  ")
+            listed[path] = digest
+        if listed != {p: e["sha256"] for p, e in files.items()}:
+            raise BundleError(f"bundle damaged: {SUMS} disagrees with {INDEX}; nothing was restored")
+    # Records only of restored outputs: a record names its file by an encoded path, never a location.
+    records = {k: v for k, v in (records or {}).items() if k in files and isinstance(v, dict)}
+    return index, files, sums, records
+
+
+def unpack(bundle: Path, dest: Path = Path("."), force: bool = False, metadata: bool = True) -> dict:
+    """Restore a bundle into ``dest``. The bundle is read twice: the first pass checks every member
+    against the index, the index against the destination and SHA256SUMS, and writes nothing; only
+    then does the second pass write, each file through a temporary name checked again before its rename.
+    """
+    bundle, dest = Path(bundle), Path(dest)
+    index, files, sums, records = _verify(bundle, dest, force)
+    restored = []
+    for tar, member in _read_members(bundle):
+        if member.name.startswith(".bundle/"):
+            continue
+        # A rename replaces a symbolic link itself, never the file it points to.
+        with atomic_path(dest / member.name) as tmp:
+            with open(tmp, "wb") as out:
+                digest, _ = _digest(tar.extractfile(member), out)
+            if digest != files[member.name]["sha256"]:
+                raise BundleError(f"{bundle} changed while it was restored ({member.name}); unpack it again")
+            os.chmod(tmp, (member.mode & 0o755) | 0o600)
+            os.utime(tmp, (member.mtime, member.mtime))
+        restored.append(member.name)
+    n_records = write_metadata(dest, records) if metadata else 0
+    return {"files": len(restored), "config_hash": index.get("config_hash"), "metadata_records": n_records,
+            "created": index.get("created"), "git": index.get("git"), "sha256sums": bool(sums)}
 
 
 def verify_tree(root: Path, bundle_index: dict) -> list[str]:

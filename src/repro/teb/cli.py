@@ -34,6 +34,7 @@ def _spec(teb: dict, task: str) -> dict:
 def cmd_data(args) -> int:
     import torch
 
+    from ..io import atomic_path, atomic_write_text
     from .tasks import describe, make_task, tensor_digest
 
     teb = _teb_config(args.configfile)
@@ -41,10 +42,11 @@ def cmd_data(args) -> int:
     splits, info = make_task(spec, teb["data_seed"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(splits, out / "data.pt")
+    with atomic_path(out / "data.pt") as tmp:
+        torch.save(splits, tmp)
     manifest = {"task": args.task, "spec": spec, "info": info, "splits": describe(splits),
                 "sha256": tensor_digest(splits)}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
     sizes = ", ".join(f"{s} {len(d['target'])}" for s, d in splits.items())
     extra = f"; exact TE {info['exact_te']:.4f} nats" if "exact_te" in info else ""
     print(f"{args.task}: {sizes}{extra}")

@@ -16,12 +16,33 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..faults import kill_point
+from ..io import InputError, atomic_path, atomic_write_text
 from .models import STOCHASTIC, TEBNet
 from .tasks import as_float
 
 
 def load_data(path: Path) -> dict:
-    return torch.load(Path(path), weights_only=True)
+    """A task's tensors (data.pt), refused naming the file when it is damaged or differs from the
+    digest that ``repro teb data`` recorded beside it (manifest.json)."""
+    from .tasks import tensor_digest
+
+    path = Path(path)
+    advice = "delete it and rerun (teb_data regenerates it from its seed)"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: task tensor file not found (run 'repro teb data')")
+    try:
+        data = torch.load(path, weights_only=True)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a dict of splits, got {type(data).__name__}")
+    except Exception as exc:  # noqa: BLE001 - torch's zip reader names no file
+        raise InputError(f"{path}: damaged task tensor file ({type(exc).__name__}: {exc}); {advice}") from exc
+    manifest = path.with_name("manifest.json")
+    if manifest.is_file():
+        expected = json.loads(manifest.read_text()).get("sha256")
+        if expected and tensor_digest(data) != expected:
+            raise InputError(f"{path}: its tensors do not match the SHA-256 in {manifest}; {advice}")
+    return data
 
 
 def batch(split: dict, idx, device) -> tuple[torch.Tensor, ...]:
@@ -92,6 +113,8 @@ def fit(net: TEBNet, data: dict, tcfg: dict, epochs: int, beta, seed: int, devic
             raise FloatingPointError(f"{desc}: validation loss is {val['loss']} at epoch {epoch}")
         if val["loss"] < best:
             best, best_state = val["loss"], copy.deepcopy(net.state_dict())
+        if epoch == 1:
+            kill_point("teb_train:after-epoch-1")
     net.load_state_dict(best_state)
     net.eval()
     return net, pd.DataFrame(rows)
@@ -100,19 +123,27 @@ def fit(net: TEBNet, data: dict, tcfg: dict, epochs: int, beta, seed: int, devic
 def save_model(net: TEBNet, out: Path, meta: dict, log: pd.DataFrame) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "meta": meta}, out / "model.pt")
-    log.to_csv(out / "log.csv", index=False)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"state_dict": net.state_dict(), "meta": meta}, tmp)
+    atomic_write_text(out / "log.csv", log.to_csv(index=False))
     best = log.loc[log["val_loss"].idxmin()]
     summary = {**meta, "best_epoch": int(best["epoch"]), "best_val_loss": float(best["val_loss"]),
                "best_val_nll": float(best["val_nll"]), "best_val_kl": float(best["val_kl"]) if meta["variant"] in STOCHASTIC else None,
                "seconds": float(log["seconds"].iloc[-1]),
                "trainable_params": int(sum(p.numel() for p in net.parameters() if p.requires_grad))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
 def load_model(path: Path, data: dict, mcfg: dict | None = None, target: TEBNet | None = None) -> TEBNet:
-    blob = torch.load(Path(path) / "model.pt", weights_only=False)
+    # weights_only: the file holds tensors and plain metadata, so nothing in it is ever unpickled as code.
+    file = Path(path) / "model.pt"
+    try:
+        blob = torch.load(file, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+        raise InputError(f"{file}: damaged model file ({type(exc).__name__}: {exc}); delete it and rerun") from exc
     meta = blob["meta"]
     mcfg = meta["model"] if mcfg is None else mcfg
     if meta["variant"] == "teb":
