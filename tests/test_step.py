@@ -78,7 +78,7 @@ def test_pack_rows_fills_rows_within_capacity_and_places_each_example_once():
         pack_rows([50], 48)
 
 
-def test_padded_layout_is_collate_with_host_side_supervision(tiny_model_dir, instruct_rows):
+def test_padded_layout_is_collate_with_host_side_supervision(tiny_model_dir):
     _, tok = load_model(tiny_model_dir)
     examples = _examples(5)
     ids, mask, labels = collate(examples, tok.pad_token_id)
@@ -94,7 +94,7 @@ def test_padded_layout_is_collate_with_host_side_supervision(tiny_model_dir, ins
     assert bucketed.input_ids.shape[1] % 16 == 0 and bucketed.input_ids.shape[1] >= ids.shape[1]
 
 
-def test_packed_batch_gives_the_same_per_example_losses_as_the_padded_one(tiny_model_dir, instruct_rows):
+def test_packed_batch_gives_the_same_per_example_losses_as_the_padded_one(tiny_model_dir):
     model, tok = _adapted(tiny_model_dir)
     model.eval()
     examples = _examples(8)
@@ -125,7 +125,7 @@ def test_packed_batch_gives_the_same_per_example_losses_as_the_padded_one(tiny_m
     assert later and max(abs(c[i] - a[i]) for i in later) > 100 * max(exact, 1e-7)
 
 
-def test_plain_cross_entropy_is_the_fallback_on_cpu_and_equals_transformers_loss(tiny_model_dir, instruct_rows):
+def test_plain_cross_entropy_is_the_fallback_on_cpu_and_equals_transformers_loss(tiny_model_dir):
     fn, name = select_cross_entropy("cpu", fused=True)
     assert fn is plain_linear_cross_entropy and name == "plain"
     assert select_cross_entropy("cpu", fused=False)[1] == "plain"
@@ -163,7 +163,7 @@ def test_fused_cross_entropy_agrees_with_the_plain_path():
         assert torch.allclose(grads[1], grads[0], rtol=rel * 10, atol=1e-3)
 
 
-def test_bf16_autocast_runs_adapters_in_bf16_and_stays_close_to_fp32(tiny_model_dir, instruct_rows):
+def test_bf16_autocast_runs_adapters_in_bf16_and_stays_close_to_fp32(tiny_model_dir):
     model, tok = _adapted(tiny_model_dir)
     batch = layout_batch(_examples(4), tok.pad_token_id)
     sup = (batch.sup_index, batch.sup_targets, batch.n_supervised)
@@ -226,7 +226,7 @@ def _log_after(summary, run_dir):
     return _log(run_dir)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, instruct_rows):
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
     grads = {}
     for ckpt in (False, True):
         model, tok = _adapted(tiny_model_dir)
@@ -259,7 +259,7 @@ def test_optimizer_is_foreach_on_cpu_and_updates_like_the_default():
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_step_runner_defers_nonfinite_losses_to_the_flush(tiny_model_dir, instruct_rows):
+def test_step_runner_defers_nonfinite_losses_to_the_flush(tiny_model_dir):
     model, tok = _adapted(tiny_model_dir)
     params = [p for p in model.parameters() if p.requires_grad]
     calls = []
