@@ -12,14 +12,29 @@ eval: on the same corpus batches, side by side in alternating rounds,
   All count corpus tokens x K, so ratio_vs_forward = 1 would be an evaluation of each checkpoint at
   the price of one bare forward over the corpus (the ideal is K / (K + 1) less the adapters' cost).
 
-train: repro's step (benchmarks/finetune_cpu.py's repro_step: length-grouped batches, output layer at
-  supervised positions only) against the plain transformers+peft step (finetune_cpu.plain_step), on
-  the same synthetic examples each round; tok/s counts supervised tokens. plain_compiled runs the plain
-  step on torch.compile(model) (only with --compile: compiling takes minutes on a CPU). mfu: input
+train: repro's step (repro.lm.step.StepRunner, as train_run runs it: length-grouped batches, output
+  layer at supervised positions only, AdamW fused on cuda / foreach on cpu, metrics kept on the device
+  until the round's end; on cuda by default also the CUDA presets' compiled layers, bf16 autocast and
+  length buckets of 64, and liger's fused cross-entropy where installed; --packing packs examples)
+  against the plain transformers+peft step (finetune_cpu.plain_step), each on its own copy of the
+  model, on the same synthetic examples each round; tok/s counts supervised tokens. plain_compiled
+  runs the plain step on torch.compile(model) (only with --compile: compiling takes minutes on a
+  CPU). With several --rank values, train holds one entry per rank. mfu: input
   tokens/s x 4 x (matmul parameters: decoder + output layer) over the device's peak, i.e. forward plus
   the activation-gradient backward of frozen weights; adapter and attention-score FLOPs left out.
   Peak: nominal dense figure for known GPUs, else a measured large matmul in the same dtype.
   peak_mem_gb: CUDA allocator peak during the training rounds; on CPU the process's peak RSS.
+
+--record writes repro's training throughput (input tokens/s, per rank) into the table `repro
+forecast` reads (src/repro/cluster/throughput.csv, or --table), replacing the rows of the same model,
+device, dtype and rank, estimates included; measure on the GPU the forecast prices, with the preset's
+batch_size and max_length (--train-batch-size, --train-max-length):
+
+    python benchmarks/lm_speed.py --device cuda --model llama2-7b --train-batch-size 4 \
+        --train-max-length 1024 --gradient-checkpointing --skip-eval --record
+
+(the plain loop runs beside repro's step on a second copy of the model without gradient
+checkpointing, so the batch is the largest both fit; the paper preset's step checkpoints gradients.)
 
 Weights are random with the real architecture (speed does not depend on their values):
 
@@ -32,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime as dt
 import json
 import resource
 import statistics
@@ -46,15 +62,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from finetune_cpu import TARGETS, plain_step, repro_step  # noqa: E402
+from finetune_cpu import TARGETS, plain_step  # noqa: E402
 
 from repro.cluster.shapes import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E402
+from repro.cluster.throughput import TABLE, record_rows  # noqa: E402
 from repro.lm.finetune import batch_schedule, build_adapter_model  # noqa: E402
 from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass  # noqa: E402
+from repro.lm.step import StepOptions, StepRunner, make_optimizer, prepare_model  # noqa: E402
 from repro.lm.tokens import IGNORE, Example  # noqa: E402
 
 TINY = ModelShape(0, 64, 128, 2, 4, 2, 512)
 SHAPES = {"tiny": TINY, "smollm2-135m": SMOLLM2_135M, "llama2-7b": LLAMA2_7B}
+# The throughput table's model names (repro.cluster.throughput.model_key).
+TABLE_MODEL = {"tiny": "tiny", "smollm2-135m": "smollm2-135m", "llama2-7b": "llama-2-7b"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Dense (no sparsity) peak FLOP/s of the GPUs the presets name, by dtype.
 NOMINAL_PEAK = {
@@ -108,7 +128,7 @@ def bench_eval(args, dtype) -> dict:
     from peft import set_peft_model_state_dict
 
     bare = build_model(args.model, args.device, dtype)
-    model = build_adapter_model(copy.deepcopy(bare), "rslora", args.rank, 16, 0.0, TARGETS).eval()
+    model = build_adapter_model(copy.deepcopy(bare), "rslora", args.rank[0], 16, 0.0, TARGETS).eval()
     bank = AdapterBank(model)
     steps = list(range(args.checkpoints))
     adapters = random_adapters(bank, steps, seed=1)
@@ -229,23 +249,50 @@ def peak_flops(device: str, dtype_name: str, dtype) -> tuple[float, str]:
     return 2 * n**3 * reps / t, f"measured {n}x{n} matmul, {dtype_name}"
 
 
-def bench_train(args, dtype, dtype_name: str) -> dict:
+def repro_options(args) -> StepOptions:
+    """The step options repro's variant runs with: the CUDA presets' on cuda, the default's on cpu,
+    each overridable by a flag."""
+    return StepOptions(fast_loss=True, packing=args.packing, pad_to_multiple=args.pad_to_multiple,
+                       autocast=args.autocast, fused_cross_entropy=True, fused_optimizer=True,
+                       gradient_checkpointing=args.gradient_checkpointing, compile=args.repro_compile)
+
+
+def bench_train(args, dtype, dtype_name: str, rank: int) -> dict:
     s = SHAPES[args.model]
-    model = build_adapter_model(build_model(args.model, args.device, dtype), "rslora", args.rank, 16, 0.0, TARGETS)
+    dev, pad = args.device, 0
+    bare = build_model(args.model, dev, dtype)
+    # repro's step gets its own copy: its options (compiled layers, adapter input casting) change the
+    # model they run on, and the plain loop must run on an untouched one.
+    repro_model = build_adapter_model(copy.deepcopy(bare), "rslora", rank, 16, 0.0, TARGETS)
+    model = build_adapter_model(bare, "rslora", rank, 16, 0.0, TARGETS)
     model.train()
+    repro_model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    options = repro_options(args)
+    prepare_model(repro_model, options)
+    params = [p for p in repro_model.parameters() if p.requires_grad]
+    runner = StepRunner(repro_model, make_optimizer(params, 1e-5, device=dev, fused=options.fused_optimizer), params,
+                        options, dev, row_capacity=args.train_max_length)
+
+    def repro_round(batches):
+        for b in batches:
+            runner.run(runner.layout(b, pad))
+        runner.flush()  # the round's one wait on the device, part of the measured cost
+
+    def plain_round(step):
+        return lambda batches: [step(b) for b in batches]
+
     n_per_round = args.train_steps * args.train_batch_size
     examples = synthetic_examples(n_per_round * args.rounds, args.train_max_length, s.vocab_size, seed=3)
-    dev, pad = args.device, 0
     variants = {
-        "plain": (False, lambda b: plain_step(model, opt, b, pad, dev)),
-        "repro": (True, lambda b: repro_step(model, opt, b, pad, dev, fast=True)),
+        "plain": (False, plain_round(lambda b: plain_step(model, opt, b, pad, dev))),
+        "repro": (True, repro_round),
     }
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
-        variants["plain_compiled"] = (False, lambda b: plain_step(compiled, opt, b, pad, dev))
-    for _grouped, step in variants.values():  # warm-up (and compilation) outside the measurement
-        step(examples[: args.train_batch_size])
+        variants["plain_compiled"] = (False, plain_round(lambda b: plain_step(compiled, opt, b, pad, dev)))
+    for _grouped, run in variants.values():  # warm-up (and compilation) outside the measurement
+        run([examples[: args.train_batch_size]])
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds = {k: [] for k in variants}
@@ -258,15 +305,15 @@ def bench_train(args, dtype, dtype_name: str) -> dict:
         lengths = [len(e.input_ids) for e in pool]
         order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
         for name in order:
-            grouped, step = variants[name]
+            grouped, run = variants[name]
             sched = batch_schedule(lengths, args.train_batch_size, seed=rnd, n_batches=args.train_steps,
                                    group_by_length=grouped)
+            batches = [[pool[i] for i in b] for b in sched]
             c0 = time.process_time()
-            seconds[name].append(timed(lambda step=step, pool=pool, sched=sched: [step([pool[i] for i in b]) for b in sched],
-                                       dev))
+            seconds[name].append(timed(lambda run=run, batches=batches: run(batches), dev))
             cpu[name] += time.process_time() - c0
-        print(f"train round {rnd + 1}/{args.rounds}: " + ", ".join(f"{k} {seconds[k][-1]:.2f} s" for k in variants),
-              flush=True)
+        print(f"train r={rank} round {rnd + 1}/{args.rounds}: "
+              + ", ".join(f"{k} {seconds[k][-1]:.2f} s" for k in variants), flush=True)
     tps = {k: supervised / sum(v) for k, v in seconds.items()}
     tied = model.get_base_model().config.tie_word_embeddings
     matmul_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
@@ -275,10 +322,10 @@ def bench_train(args, dtype, dtype_name: str) -> dict:
     input_tps = inputs / sum(seconds["repro"])
     if dev == "cuda":
         peak_mem = torch.cuda.max_memory_allocated() / 1e9
-        mem_source = "torch.cuda.max_memory_allocated during the training rounds"
+        mem_source = "torch.cuda.max_memory_allocated during the training rounds (both models resident)"
     else:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-        mem_source = "peak RSS of the benchmark process (evaluation part included)"
+        mem_source = "peak RSS of the benchmark process (evaluation part and both models included)"
     return {
         "repro_tok_s": tps["repro"],
         "plain_tok_s": tps["plain"],
@@ -286,13 +333,44 @@ def bench_train(args, dtype, dtype_name: str) -> dict:
         "ratio": tps["repro"] / tps["plain"],
         "mfu": input_tps * 4 * matmul_params / peak,
         "peak_mem_gb": peak_mem,
+        "rank": rank,
         "tokens": "supervised",
+        "repro_input_tok_s": input_tps,
+        "repro_options": {**options.__dict__, "cross_entropy": runner.cross_entropy_name,
+                          "optimizer": "fused" if dev == "cuda" else "foreach"},
         "mfu_peak_flops": peak,
         "mfu_peak_source": source,
         "peak_mem_source": mem_source,
         "cpu_seconds": cpu,
         "ratio_cpu": cpu["plain"] / cpu["repro"],
     }
+
+
+def device_key(device: str) -> str:
+    """The device name the throughput table uses (the GPU's family, as `repro forecast --gpu` names it)."""
+    if device == "cpu":
+        return "cpu"
+    name = torch.cuda.get_device_name()
+    for known in ("H200", "H100", "A100", "L40S"):
+        if known in name:
+            return known
+    return name.replace(" ", "_")
+
+
+def record(args, dtype_name: str, trains: list[dict], table: Path) -> list[dict]:
+    """Rows of the throughput table from the training measurements: input (non-padding) tokens per
+    second of repro's step, the unit `repro forecast` divides a run's tokens by."""
+    today = dt.date.today().isoformat()
+    command = "python benchmarks/lm_speed.py " + " ".join(a for a in args.argv if a != "--record")
+    rows = [{"model": TABLE_MODEL[args.model], "device": device_key(args.device), "dtype": dtype_name,
+             "phase": "train", "rank": t["rank"], "batch_size": args.train_batch_size,
+             "max_length": args.train_max_length, "threads": args.threads,
+             "tokens_per_s": f"{t['repro_input_tok_s']:.1f}", "source": "measured", "measured": today,
+             "command": command} for t in trains]
+    replaced = record_rows(rows, table)
+    print(f"recorded {len(rows)} rows in {table} (replacing {len(replaced)}: "
+          + ", ".join(f"{r['source']} r={r['rank']}" for r in replaced) + ")")
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -302,7 +380,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--rank", type=int, nargs="+", default=None,
+                        help="LoRA rank(s); default 16, and 16 256 for llama2-7b (evaluation: the first)")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds of each part (variants alternate)")
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4, help="evaluation batch (sequences)")
@@ -314,9 +393,34 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-steps", type=int, default=3, help="steps per loop per round")
     parser.add_argument("--compile", action="store_true", help="also time the plain step on torch.compile(model)")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-eval", action="store_true")
+    step = parser.add_argument_group("repro's training step (defaults: the CUDA presets' settings on cuda, "
+                                     "the default config's on cpu)")
+    step.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False,
+                      help="several examples per row (finetune.packing)")
+    step.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                      help="bf16 autocast with fp32 adapters (finetune.autocast; default on for cuda)")
+    step.add_argument("--repro-compile", action=argparse.BooleanOptionalAction, default=None,
+                      help="compile repro's decoder layers (finetune.compile; default on for cuda)")
+    step.add_argument("--pad-to-multiple", type=int, default=None,
+                      help="length bucket (finetune.pad_to_multiple; default 64 on cuda, 1 on cpu)")
+    step.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--record", action="store_true",
+                        help="write repro's measured training throughput into the throughput table")
+    parser.add_argument("--table", type=Path, default=TABLE, help="the table --record writes (default: %(default)s)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
+    cuda = args.device == "cuda"
+    args.autocast = cuda if args.autocast is None else args.autocast
+    args.repro_compile = cuda if args.repro_compile is None else args.repro_compile
+    args.pad_to_multiple = (64 if cuda else 1) if args.pad_to_multiple is None else args.pad_to_multiple
+    args.rank = args.rank or ([16, 256] if args.model == "llama2-7b" else [16])
+    if args.record and args.skip_train:
+        parser.error("--record writes the training throughput: drop --skip-train")
+    if args.record and args.model == "tiny" and args.table.resolve() == TABLE.resolve():
+        parser.error("--record --model tiny: a test shape has no place in the forecast's table (give --table)")
     dtype_name = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     dtype = DTYPES[dtype_name]
     torch.set_num_threads(args.threads)
@@ -324,20 +428,30 @@ def main(argv=None) -> dict:
     result = {"config": {**{k: str(v) for k, v in vars(args).items()}, "dtype": dtype_name,
                          "torch": torch.__version__,
                          "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}}
-    result["eval"] = bench_eval(args, dtype)
-    e = result["eval"]
-    print(f"eval  {args.model} {dtype_name} on {args.device}, {e['checkpoints']} checkpoints x {e['corpus_tokens']} "
-          f"tokens: one pass {e['one_pass_tok_s']:.1f} tok/s, per checkpoint {e['per_checkpoint_tok_s']:.1f}, "
-          f"bare forward {e['forward_tok_s']:.1f}; ratio {e['ratio_vs_per_checkpoint']:.2f}x vs per checkpoint, "
-          f"{e['ratio_vs_forward']:.2f}x vs forward (L_f agrees to {e['max_rel_diff_loss_forget']:.1e} rel); "
-          f"in CPU time {e['ratio_vs_per_checkpoint_cpu']:.2f}x and {e['ratio_vs_forward_cpu']:.2f}x")
+    if not args.skip_eval:
+        result["eval"] = e = bench_eval(args, dtype)
+        print(f"eval  {args.model} {dtype_name} on {args.device}, {e['checkpoints']} checkpoints x "
+              f"{e['corpus_tokens']} tokens: one pass {e['one_pass_tok_s']:.1f} tok/s, per checkpoint "
+              f"{e['per_checkpoint_tok_s']:.1f}, bare forward {e['forward_tok_s']:.1f}; ratio "
+              f"{e['ratio_vs_per_checkpoint']:.2f}x vs per checkpoint, {e['ratio_vs_forward']:.2f}x vs forward "
+              f"(L_f agrees to {e['max_rel_diff_loss_forget']:.1e} rel); in CPU time "
+              f"{e['ratio_vs_per_checkpoint_cpu']:.2f}x and {e['ratio_vs_forward_cpu']:.2f}x")
     if args.device == "cuda":
         torch.cuda.empty_cache()
     if not args.skip_train:
-        result["train"] = t = bench_train(args, dtype, dtype_name)
-        compiled = f", plain compiled {t['plain_compiled_tok_s']:.1f}" if t["plain_compiled_tok_s"] else ""
-        print(f"train {args.model}: repro {t['repro_tok_s']:.1f} supervised tok/s, plain {t['plain_tok_s']:.1f}"
-              f"{compiled}; ratio {t['ratio']:.2f}x, MFU {t['mfu']:.1%}, peak memory {t['peak_mem_gb']:.2f} GB")
+        trains = []
+        for rank in args.rank:
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+            trains.append(t := bench_train(args, dtype, dtype_name, rank))
+            compiled = f", plain compiled {t['plain_compiled_tok_s']:.1f}" if t["plain_compiled_tok_s"] else ""
+            print(f"train {args.model} r={rank}: repro {t['repro_tok_s']:.1f} supervised tok/s, plain "
+                  f"{t['plain_tok_s']:.1f}{compiled}; ratio {t['ratio']:.2f}x, MFU {t['mfu']:.1%}, peak memory "
+                  f"{t['peak_mem_gb']:.2f} GB")
+        # One rank: its figures; several: one entry per rank.
+        result["train"] = trains[0] if len(trains) == 1 else {f"r={t['rank']}": t for t in trains}
+        if args.record:
+            result["recorded"] = record(args, dtype_name, trains, args.table)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

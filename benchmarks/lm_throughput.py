@@ -10,13 +10,12 @@ alike; the ratio printed is each rank's throughput over rank 1's, measured in th
     python benchmarks/lm_throughput.py --random-init --device cuda --dtype bfloat16 --ranks 1 16 256
     python benchmarks/lm_throughput.py ... --record            # write the rows to src/repro/cluster/throughput.csv
 
-`--record` replaces rows of the same (model, device, dtype, phase, rank, threads).
+`--record` replaces rows of the same (model, device, dtype, phase, rank; threads on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import statistics
 import sys
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from repro.cluster.shapes import KNOWN_SHAPES  # noqa: E402
-from repro.cluster.throughput import COLUMNS, TABLE, read_table  # noqa: E402
+from repro.cluster.throughput import TABLE, record_rows  # noqa: E402
 from repro.lm.finetune import build_adapter_model, causal_lm_loss  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -149,16 +148,11 @@ def main() -> None:
                   f"   (round-to-round spread {spread:.0%})")
             rows.append({"model": args.model, "device": dev, "dtype": args.dtype, "phase": phase, "rank": rank,
                          "batch_size": args.batch_size, "max_length": args.max_length, "threads": args.threads,
-                         "tokens_per_s": f"{tps:.1f}", "measured": today, "command": command})
+                         "tokens_per_s": f"{tps:.1f}", "source": "measured", "measured": today,
+                         "command": command})
     if args.record:
-        key = ("model", "device", "dtype", "phase", "rank", "threads")
-        new = {tuple(str(r[k]) for k in key) for r in rows}
-        kept = [r for r in read_table() if tuple(str(r[k]) for k in key) not in new]
-        with open(TABLE, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(sorted(kept + rows, key=lambda r: tuple(str(r[k]) for k in key)))
-        print(f"recorded {len(rows)} rows in {TABLE.relative_to(REPO)}")
+        replaced = record_rows(rows)
+        print(f"recorded {len(rows)} rows in {TABLE.relative_to(REPO)} ({len(replaced)} replaced)")
 
 
 if __name__ == "__main__":

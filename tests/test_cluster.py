@@ -96,6 +96,47 @@ def test_forecast_prefers_measurements_and_says_which_it_used():
     assert r8["hours_per_job"] == pytest.approx(tokens / 1000 / 3600, rel=0.01)
 
 
+def test_recording_replaces_estimates_and_the_forecast_reads_the_measurement(tmp_path):
+    from repro.cluster.throughput import record_rows
+
+    paper = load_config(REPO / "presets/paper.yaml")
+    table = tmp_path / "throughput.csv"
+    common = {"model": "llama-2-7b", "device": "H100", "dtype": "bfloat16", "phase": "train", "batch_size": 4,
+              "max_length": 1024, "command": "x"}
+    estimates = [{**common, "rank": r, "threads": 8, "tokens_per_s": "900", "source": "estimate", "measured": ""}
+                 for r in (16, 256)]
+    cpu = {**common, "device": "cpu", "dtype": "float32", "rank": 16, "tokens_per_s": "10", "source": "measured",
+           "measured": "2026-01-01"}
+    assert record_rows(estimates + [{**cpu, "threads": 1}, {**cpu, "threads": 2}], table) == []
+    est = rate(paper, "train", 16, table=read_table(table))
+    assert est.source.startswith("estimate") and est.tokens_per_s == 900
+    measured = {**common, "rank": 16, "threads": 1, "tokens_per_s": "1234.5", "source": "measured",
+                "measured": "2026-02-02"}
+    replaced = record_rows([measured], table)
+    # A GPU row's key has no thread count: the estimate at 8 threads is the row replaced.
+    assert [(r["rank"], r["source"]) for r in replaced] == [("16", "estimate")]
+    rows = read_table(table)
+    assert len(rows) == 4 and {r["threads"] for r in rows if r["device"] == "cpu"} == {"1", "2"}
+    # Measurements of the pair win over its remaining estimates, at every rank.
+    for rank in (16, 256):
+        got = rate(paper, "train", rank, table=rows)
+        assert got.source == "measured 2026-02-02" and got.tokens_per_s == 1234.5
+    # An estimate never displaces a measurement.
+    record_rows([{**estimates[0], "tokens_per_s": "1"}], table)
+    assert rate(paper, "train", 16, table=read_table(table)).tokens_per_s == 1234.5
+    table.write_text(table.read_text().replace("measured,2026-02-02", "guessed,2026-02-02"))
+    with pytest.raises(ValueError, match="source"):
+        read_table(table)
+
+
+def test_gradient_checkpointing_costs_a_forward_in_the_flop_estimate():
+    paper = load_config(REPO / "presets/paper.yaml")
+    on = {**paper, "finetune": {**paper["finetune"], "gradient_checkpointing": True}}
+    off = {**paper, "finetune": {**paper["finetune"], "gradient_checkpointing": False}}
+    ratio = rate(off, "train", 16, table=[]).tokens_per_s / rate(on, "train", 16, table=[]).tokens_per_s
+    assert 1.4 < ratio < 1.5  # three forwards' worth of FLOPs instead of two, plus the adapters'
+
+
 def test_recorded_throughput_table_is_well_formed():
     rows = read_table()
     # The table ships with the package: the CPU rows the default's forecast and requests are sized by.

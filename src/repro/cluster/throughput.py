@@ -1,15 +1,19 @@
 """Tokens per second of fine-tuning and evaluation, measured where possible, and the cost forecast.
 
-`throughput.csv` (beside this file) holds measurements written by `benchmarks/lm_throughput.py
---record`: one row per (model, device, dtype, phase, rank). A preset whose (model, device) pair has
-no measurement falls back to a FLOP count at an assumed model-FLOP utilisation, and every figure the
-forecast prints says which of the two it is.
+`throughput.csv` (beside this file) holds one row per (model, device, dtype, phase, rank, and threads
+on a CPU): input (non-padding) tokens per second, and its `source`: `measured` (written by
+`benchmarks/lm_speed.py --record` or `benchmarks/lm_throughput.py --record`, with the date and the
+command) or `estimate` (a FLOP-based figure kept in the table). A measurement replaces any row of its
+key, an estimate never replaces a measurement. A preset whose (model, device) pair has no row falls
+back to a FLOP count at an assumed model-FLOP utilisation, and every figure the forecast prints says
+which it is.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,10 @@ from .shapes import KNOWN_SHAPES, ModelShape, lm_work, model_shape
 
 TABLE = Path(__file__).with_name("throughput.csv")
 COLUMNS = ["model", "device", "dtype", "phase", "rank", "batch_size", "max_length", "threads",
-           "tokens_per_s", "measured", "command"]
+           "tokens_per_s", "source", "measured", "command"]
+SOURCES = ("measured", "estimate")
+# Columns that identify a row; a CPU row is also per thread count (GPU rows do not depend on it).
+KEY = ("model", "device", "dtype", "phase", "rank")
 
 # Dense peak FLOP/s per device and dtype (vendor data sheets, no sparsity). CPU: the fp32 GEMM rate
 # measured on the 2-core development machine, per thread.
@@ -52,10 +59,12 @@ def forward_flops_per_token(shape: ModelShape, context: int) -> float:
             + 2 * shape.num_hidden_layers * context * shape.hidden_size)
 
 
-def flops_per_token(shape: ModelShape, phase: str, context: int, adapter_params: int) -> float:
+def flops_per_token(shape: ModelShape, phase: str, context: int, adapter_params: int,
+                    recompute: bool = False) -> float:
     fwd = forward_flops_per_token(shape, context)
-    # Frozen weights need gradients of activations only (about one more forward), adapters need all three.
-    return 2 * fwd + 6 * adapter_params if phase == "train" else fwd
+    # Frozen weights need gradients of activations only (about one more forward), adapters need all
+    # three; gradient checkpointing runs the forward once more in the backward pass.
+    return (3 if recompute else 2) * fwd + 6 * adapter_params if phase == "train" else fwd
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,41 @@ def read_table(path: Path = TABLE) -> list[dict]:
     missing = set(COLUMNS) - set(rows[0]) if rows else set()
     if missing:
         raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    bad = sorted({r["source"] for r in rows} - set(SOURCES))
+    if bad:
+        raise ValueError(f"{path}: column source must be one of {', '.join(SOURCES)}, not {', '.join(bad)}")
     return rows
+
+
+def row_key(row: dict) -> tuple:
+    key = tuple(str(row[c]) for c in KEY)
+    return key + (str(row["threads"]),) if str(row["device"]) == "cpu" else key
+
+
+def record_rows(rows: list[dict], path: Path = TABLE) -> list[dict]:
+    """Write rows into the table, replacing the rows of the same key; returns the replaced rows.
+
+    A measured row replaces an estimate or an older measurement; an estimate row is dropped where
+    the table already holds a measurement of its key."""
+    for row in rows:
+        missing = set(COLUMNS) - set(row)
+        if missing:
+            raise ValueError(f"record_rows: row {row} lacks columns {sorted(missing)}")
+        if row["source"] not in SOURCES:
+            raise ValueError(f"record_rows: source must be one of {', '.join(SOURCES)}, not {row['source']!r}")
+    existing = read_table(path)
+    measured = {row_key(r) for r in existing if r["source"] == "measured"}
+    rows = [r for r in rows if r["source"] == "measured" or row_key(r) not in measured]
+    new = {row_key(r) for r in rows}
+    kept = [r for r in existing if row_key(r) not in new]
+    replaced = [r for r in existing if row_key(r) in new]
+    tmp = Path(path).with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(kept + rows, key=lambda r: (row_key(r)[:4], int(r["rank"]), row_key(r)[5:])))
+    os.replace(tmp, path)
+    return replaced
 
 
 def rate(cfg: dict, phase: str, rank: int, gpu: str | None = None, table: list[dict] | None = None) -> Rate:
@@ -82,25 +125,34 @@ def rate(cfg: dict, phase: str, rank: int, gpu: str | None = None, table: list[d
     threads = cfg["finetune"]["threads"]
     rows = [r for r in table if (r["model"], r["device"], r["dtype"], r["phase"]) == (model, device, dtype, phase)
             and (device != "cpu" or int(r["threads"]) == threads)]
+    # Measurements first; the table's estimates only where nothing of the pair was measured.
+    # (A row without a source, as tables written before the column had, is a measurement.)
+    rows = [r for r in rows if r.get("source", "measured") == "measured"] or rows
     if rows:
+        def label(r: dict) -> str:
+            if r.get("source", "measured") == "measured":
+                return f"measured {r['measured']}"
+            return "estimate (throughput table)"
+
         # Interpolate in log(rank): adapter cost grows with rank, the frozen model's does not.
-        pts = sorted((math.log(int(r["rank"])), float(r["tokens_per_s"]), r["measured"]) for r in rows)
+        pts = sorted((math.log(int(r["rank"])), float(r["tokens_per_s"]), label(r)) for r in rows)
         x = math.log(max(rank, 1))
         if x <= pts[0][0] or len(pts) == 1:
-            return Rate(pts[0][1], f"measured {pts[0][2]}")
+            return Rate(pts[0][1], pts[0][2])
         if x >= pts[-1][0]:
-            return Rate(pts[-1][1], f"measured {pts[-1][2]}")
+            return Rate(pts[-1][1], pts[-1][2])
         for (x0, y0, d0), (x1, y1, _) in zip(pts, pts[1:]):
             if x0 <= x <= x1:
                 y = y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y0
-                return Rate(y, f"measured {d0} (interpolated in rank)")
+                return Rate(y, f"{d0} (interpolated in rank)")
     shape = model_shape(cfg["model"])
     peak_key = (device, dtype)
     if peak_key not in PEAK_FLOPS:
         raise KeyError(f"no throughput measurement and no peak FLOP/s for device {device!r} with dtype {dtype!r}")
     peak = PEAK_FLOPS[peak_key] * (threads if device == "cpu" else 1)
     adapter = shape.adapter_parameters(rank, cfg["finetune"]["target_modules"])
-    fpt = flops_per_token(shape, phase, cfg["finetune"]["max_length"] // 2, adapter)
+    fpt = flops_per_token(shape, phase, cfg["finetune"]["max_length"] // 2, adapter,
+                          recompute=bool(cfg["finetune"].get("gradient_checkpointing")))
     return Rate(ASSUMED_MFU * peak / fpt, f"estimate (FLOPs at {ASSUMED_MFU:.0%} of {device} peak)")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -26,7 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from .runs import checkpoint_grid
-from .tokens import IGNORE, Example, collate, encode_rows
+from .step import (  # noqa: F401  (causal_lm_loss and compile_decoder_layers are this module's API too)
+    StepOptions,
+    StepRunner,
+    causal_lm_loss,
+    compile_decoder_layers,
+    make_optimizer,
+    prepare_model,
+)
+from .tokens import Example, encode_rows
 
 LOG_FIELDS = [
     "step", "updated", "loss", "grad_norm", "grad_norm_global", "lr",
@@ -63,6 +72,19 @@ class RunSpec:
     compile: bool = False
     device: str = "cpu"
     dtype: str = "float32"
+    packing: bool = False
+    pad_to_multiple: int = 1
+    autocast: bool = False
+    fused_cross_entropy: bool = True
+    fused_optimizer: bool = True
+    gradient_checkpointing: bool = False
+    sync_every: int = 32
+
+    def step_options(self) -> StepOptions:
+        return StepOptions(fast_loss=self.fast_loss, packing=self.packing, pad_to_multiple=self.pad_to_multiple,
+                           autocast=self.autocast, fused_cross_entropy=self.fused_cross_entropy,
+                           fused_optimizer=self.fused_optimizer, gradient_checkpointing=self.gradient_checkpointing,
+                           compile=self.compile)
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, method: str, rank: int, lr: float, seed: int) -> RunSpec:
@@ -75,7 +97,13 @@ class RunSpec:
             checkpoints=ft["checkpoints"], resume_every=ft["resume_every"], fast_loss=ft["fast_loss"],
             group_by_length=ft["group_by_length"], threads=ft["threads"], compile=ft["compile"], device=config["device"],
             dtype=config["dtype"],
+            **{k: ft[k] for k in STEP_KEYS if k in ft},
         )
+
+
+# Keys of the config's finetune section that choose how a step is computed (RunSpec fields).
+STEP_KEYS = ("packing", "pad_to_multiple", "autocast", "fused_cross_entropy", "fused_optimizer",
+             "gradient_checkpointing", "sync_every")
 
 
 def build_adapter_model(base_model, method: str, rank: int, alpha: float, dropout: float, target_modules):
@@ -142,39 +170,6 @@ def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: in
         batches += epoch_batches
         epoch += 1
     return batches[:n_batches]
-
-
-def compile_decoder_layers(model) -> int:
-    """torch.compile each decoder layer (regional compilation): the layers share one compiled graph,
-    so compiling costs about one layer's worth of tracing, not the whole model's."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = base.get_decoder().layers
-    for layer in layers:
-        layer.compile(dynamic=True)
-    return len(layers)
-
-
-def causal_lm_loss(model, input_ids, attention_mask, labels, fast: bool):
-    """Mean next-token cross-entropy over supervised positions, and the supervised-token count.
-
-    fast=True runs the decoder, then the output layer only at supervised positions: the same loss as
-    the full logits path, without the vocabulary-sized matmul and softmax over prompt and padding.
-    """
-    import torch.nn.functional as F
-
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    n = int(keep.sum())
-    if fast:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = hidden.last_hidden_state[:, :-1][keep]
-        logits = base.get_output_embeddings()(hidden)
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / max(n, 1)
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-        loss = F.cross_entropy(logits.float()[keep], targets[keep], reduction="sum") / max(n, 1)
-    return loss, n
 
 
 def _atomic_dir(final: Path, writer) -> None:
@@ -286,10 +281,13 @@ def train_run(
     base, tokenizer = load_model(model_dir, dtype=spec.dtype, device=device)
     model = build_adapter_model(base, spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules)
     model.train()
-    if spec.compile:
-        compile_decoder_layers(model)
+    options = spec.step_options()
+    prepare_model(model, options)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.adam_betas, weight_decay=spec.weight_decay)
+    optimizer = make_optimizer(params, spec.lr, spec.adam_betas, spec.weight_decay, device, spec.fused_optimizer)
+    # The loss is looked up at each call, so a test can substitute this module's causal_lm_loss.
+    runner = StepRunner(model, optimizer, params, options, device, spec.max_grad_norm,
+                        loss_fn=lambda *a, **k: causal_lm_loss(*a, **k), row_capacity=spec.max_length)
 
     examples: list[Example] = encode_rows(train_rows, tokenizer, spec.max_length, what=f"dataset {spec.dataset}")
     # One extra batch: the gradient at the last checkpoint is probed without an update.
@@ -313,47 +311,50 @@ def train_run(
         initial=start, total=spec.max_steps + 1, disable=not progress,
         desc=f"{spec.method} r={spec.rank} lr={spec.lr:g} seed={spec.seed}",
     )
+    host_part: dict[int, dict] = {}  # what the host knows of each step not yet flushed
+
+    def flush() -> None:
+        """Bring the device's metrics of the pending steps to the log; stop at a non-finite loss
+        before anything computed after it is saved."""
+        for m in runner.flush():
+            row = host_part.pop(m["step"])
+            if not math.isfinite(m["loss"]):
+                _write_log(log_path, log_rows)
+                saved = sorted(p.name for p in ckpt_dir.glob("step-*"))
+                raise TrainingDivergedError(
+                    f"loss is {m['loss']} at step {m['step']} of run {spec.method} r={spec.rank} lr={spec.lr:g} "
+                    f"seed={spec.seed}; checkpoints kept in {ckpt_dir}: {', '.join(saved)}"
+                )
+            log_rows.append({
+                "step": m["step"], "updated": row["updated"], "loss": m["loss"], "grad_norm": m["grad_norm"],
+                "grad_norm_global": m["grad_norm_global"], "lr": spec.lr, "tokens": row["tokens"],
+                "supervised_tokens": row["supervised_tokens"], "seconds": m["seconds"],
+                "tokens_per_s": row["tokens"] / m["seconds"],
+            })
+            bar.set_postfix(loss=f"{m['loss']:.3f}", gnorm=f"{m['grad_norm']:.2e}")
+
     for step in bar:
         probe = step == spec.max_steps + 1
-        batch = [examples[i] for i in schedule[step - 1]]
-        ids, mask, labels = (t.to(device) for t in collate(batch, pad_id))
-        t0 = time.perf_counter()
-        loss, n_sup = causal_lm_loss(model, ids, mask, labels, fast=spec.fast_loss)
-        if not torch.isfinite(loss):
-            _write_log(log_path, log_rows)
-            saved = sorted(p.name for p in ckpt_dir.glob("step-*"))
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at step {step} of run {spec.method} r={spec.rank} lr={spec.lr:g} "
-                f"seed={spec.seed}; checkpoints kept in {ckpt_dir}: {', '.join(saved)}"
-            )
-        loss.backward()
-        norms = torch.stack([p.grad.detach().norm() for p in params])
-        grad_norm, grad_norm_global = float(norms.mean()), float(norms.norm())
-        if not probe:
-            if spec.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds = time.perf_counter() - t0
-        n_tokens = int(mask.sum())
-        log_rows.append({
-            "step": step, "updated": int(not probe), "loss": float(loss.detach()), "grad_norm": grad_norm,
-            "grad_norm_global": grad_norm_global, "lr": spec.lr, "tokens": n_tokens, "supervised_tokens": n_sup,
-            "seconds": seconds, "tokens_per_s": n_tokens / seconds,
-        })
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", gnorm=f"{grad_norm:.2e}")
+        batch = runner.layout([examples[i] for i in schedule[step - 1]], pad_id)
+        host_part[step] = {"updated": int(not probe), "tokens": batch.n_tokens,
+                           "supervised_tokens": batch.n_supervised}
+        runner.run(batch, step, update=not probe)
         if probe:
             break
         last_step_done = step
+        save = step in grid or step % spec.resume_every == 0
+        if save or step % spec.sync_every == 0:
+            flush()
         if step in grid:
             _save_checkpoint(model, ckpt_dir, step)
-        if step in grid or step % spec.resume_every == 0:
+        if save:
             _write_log(log_path, log_rows)
             _save_resume_state(state_dir, model, optimizer, step)
         if on_step is not None:
             on_step(step)
         if step == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
+    flush()
     bar.close()
     _write_log(log_path, log_rows)
     shutil.copyfile(log_path, run_dir / "train_log.csv")
@@ -370,6 +371,7 @@ def train_run(
         "seconds_this_session": time.time() - t_run,
         "n_train_examples": len(examples),
         "device": device,
+        "cross_entropy": runner.cross_entropy_name,
         "torch_threads": torch.get_num_threads(),
     }
     tmp = run_dir / "summary.json.tmp"

@@ -1,0 +1,368 @@
+"""The pieces of one fine-tuning step: batch layout (padded or packed), loss, optimizer, and the
+device-side bookkeeping that keeps the host from waiting on the device at every step.
+
+Each piece is chosen by a key of the config's ``finetune`` section (see ``StepOptions``); with the
+defaults, a CPU step computes exactly what the plain padded step computes.
+
+- Layout: examples are right-padded one per row, or (``packing``) several per row with position
+  ids restarting at every example. transformers' Llama reads restarting position ids with no 2-D
+  attention mask as packed sequences and builds a block-diagonal causal mask (sdpa, eager) or uses
+  varlen kernels (flash attention), so no token attends across an example boundary. The width is
+  rounded up to ``pad_to_multiple`` (length buckets: few distinct shapes for compiled kernels and
+  the allocator).
+- Loss: the output layer runs only at supervised positions, whose flat indices and targets are
+  computed on the host from the examples (no boolean indexing on the device, which would wait for
+  it). On CUDA with liger-kernel installed, the output layer and the cross-entropy are one fused
+  kernel that never holds the logits; elsewhere the plain matmul and ``F.cross_entropy`` in fp32.
+- Precision: with ``autocast``, matmuls run in bf16 under ``torch.autocast`` while the adapters
+  (peft keeps them in fp32 on a bf16 base) and AdamW's state stay fp32 master weights; peft's cast of
+  each adapter's input to fp32 is switched off so the adapters compute in bf16 too.
+- Bookkeeping: loss and gradient norms of every step stay on the device in a small buffer and come
+  to the host together (``StepRunner.flush``), with CUDA events timing each step.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+from .tokens import IGNORE, Example
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    fast_loss: bool = True
+    packing: bool = False
+    pad_to_multiple: int = 1
+    autocast: bool = False
+    fused_cross_entropy: bool = True
+    fused_optimizer: bool = True
+    gradient_checkpointing: bool = False
+    compile: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch layout
+
+
+@dataclass
+class Batch:
+    """One step's tensors and the counts the host knows without asking the device."""
+
+    input_ids: object
+    labels: object
+    attention_mask: object | None  # (rows, width) for padded rows; None when packed
+    position_ids: object | None  # restarting at every example when packed; None when padded
+    sup_index: object  # flat indices of supervised positions in the (rows, width - 1) grid
+    sup_targets: object  # the token each of those positions predicts
+    sup_owner: list[int]  # example (index in the given list) of each supervised position
+    n_tokens: int  # real (non-padding) input tokens
+    n_supervised: int
+    rows: list[list[int]] = field(default_factory=list)  # examples of each row, in order
+
+    def to(self, device: str) -> Batch:
+        """Copy to the device; on CUDA from pinned memory without blocking the host."""
+        if device == "cpu":
+            return self
+        cuda = str(device).startswith("cuda")
+
+        def move(t):
+            if t is None:
+                return None
+            return t.pin_memory().to(device, non_blocking=True) if cuda else t.to(device)
+
+        return Batch(move(self.input_ids), move(self.labels), move(self.attention_mask), move(self.position_ids),
+                     move(self.sup_index), move(self.sup_targets), self.sup_owner, self.n_tokens,
+                     self.n_supervised, self.rows)
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Example indices of each row: first-fit over examples in decreasing length (ties by index), so
+    the layout is a pure function of the lengths; each row's examples keep ascending index order."""
+    if max(lengths) > capacity:
+        raise ValueError(f"finetune.packing: an example of {max(lengths)} tokens exceeds the row capacity {capacity}")
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def layout_batch(examples: list[Example], pad_id: int, packing: bool = False, pad_to_multiple: int = 1,
+                 row_capacity: int | None = None) -> Batch:
+    """Host tensors of one batch, padded (one example per row) or packed (rows of at most
+    ``row_capacity`` tokens, default the longest example)."""
+    import torch
+
+    lengths = [len(e.input_ids) for e in examples]
+    if packing:
+        rows = pack_rows(lengths, max(row_capacity or 0, max(lengths)))
+    else:
+        rows = [[i] for i in range(len(examples))]
+    width = max(sum(lengths[i] for i in r) for r in rows)
+    if pad_to_multiple > 1:
+        width = -(-width // pad_to_multiple) * pad_to_multiple
+    n_rows = len(rows)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((n_rows, width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((n_rows, width), dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    sup_index: list[int] = []
+    sup_targets: list[int] = []
+    sup_owner: list[int] = []
+    for r, members in enumerate(rows):
+        off = 0
+        for i in members:
+            e, n = examples[i], lengths[i]
+            ids[r, off : off + n] = torch.tensor(e.input_ids)
+            row_labels = list(e.labels)
+            # The first token of an example is never a target (in a packed row, position off - 1
+            # belongs to the previous example).
+            row_labels[0] = IGNORE
+            labels[r, off : off + n] = torch.tensor(row_labels)
+            mask[r, off : off + n] = 1
+            pos[r, off : off + n] = torch.arange(n)
+            supervised = [t for t in range(1, n) if row_labels[t] != IGNORE]
+            sup_index += [r * (width - 1) + off + t - 1 for t in supervised]
+            sup_targets += [row_labels[t] for t in supervised]
+            sup_owner += [i] * len(supervised)
+            off += n
+        # The padding tail is one more "sequence" of its own: real tokens never attend to it.
+        pos[r, off:] = torch.arange(width - off)
+    return Batch(
+        input_ids=ids, labels=labels,
+        attention_mask=None if packing else mask, position_ids=pos if packing else None,
+        sup_index=torch.tensor(sup_index, dtype=torch.long), sup_targets=torch.tensor(sup_targets, dtype=torch.long),
+        sup_owner=sup_owner, n_tokens=sum(lengths), n_supervised=len(sup_index), rows=rows,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+
+
+def plain_linear_cross_entropy(hidden, weight, bias, targets):
+    """Summed cross-entropy of ``hidden @ weight.T (+ bias)`` against targets, logits in fp32."""
+    import torch.nn.functional as F
+
+    logits = F.linear(hidden, weight, bias)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def liger_linear_cross_entropy(hidden, weight, bias, targets):
+    """The same sum by liger-kernel's fused kernel: logits computed and reduced chunk by chunk."""
+    import torch
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    # The kernel takes input and weight in one dtype and upcasts internally; autocast must not
+    # re-cast its matmuls behind its back.
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss = liger_fused_linear_cross_entropy(hidden.to(weight.dtype).contiguous(), weight, targets, bias,
+                                                reduction="sum")
+    return loss.float()
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel.transformers.functional  # noqa: F401
+    except Exception:  # ImportError, or triton failing to initialise
+        return False
+    return True
+
+
+def select_cross_entropy(device: str, fused: bool):
+    """(function, name) of the output layer + cross-entropy: liger's fused kernel where asked for and
+    able to run (CUDA, liger-kernel importable), else the plain path."""
+    if fused and str(device).startswith("cuda"):
+        if liger_available():
+            return liger_linear_cross_entropy, "liger"
+        warnings.warn("finetune.fused_cross_entropy: liger-kernel is not installed (pip install '.[cuda]'); "
+                      "using the plain output layer and cross-entropy", stacklevel=2)
+    return plain_linear_cross_entropy, "plain"
+
+
+def causal_lm_loss(model, input_ids, attention_mask, labels, fast: bool, *, position_ids=None, supervised=None,
+                   cross_entropy=None):
+    """Mean next-token cross-entropy over supervised positions, and the supervised-token count.
+
+    fast=True runs the decoder, then the output layer only at supervised positions: the same loss as
+    the full logits path, without the vocabulary-sized matmul and softmax over prompt and padding.
+    ``supervised`` = (flat index into the (rows, width - 1) grid, targets, count) as ``layout_batch``
+    computes them on the host; without it they are read from ``labels`` (which waits for the device).
+    ``position_ids`` restarting inside a row, with no attention mask, mark packed examples.
+    """
+    import torch.nn.functional as F
+
+    if supervised is None:
+        targets = labels[:, 1:]
+        keep = (targets != IGNORE).flatten()
+        index = keep.nonzero().squeeze(1)
+        sup_targets, n = targets.flatten()[index], int(keep.sum())
+    else:
+        index, sup_targets, n = supervised
+    cross_entropy = cross_entropy or plain_linear_cross_entropy
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if fast:
+        out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False)
+        hidden = out.last_hidden_state[:, :-1]
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+        head = base.get_output_embeddings()
+        loss = cross_entropy(hidden, head.weight, head.bias, sup_targets) / max(n, 1)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).logits[:, :-1]
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+        loss = F.cross_entropy(logits.float(), sup_targets, reduction="sum") / max(n, 1)
+    return loss, n
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and optimizer
+
+
+def set_adapter_input_casting(model, enabled: bool) -> int:
+    """Switch peft's cast of each LoRA layer's input to the adapter's dtype; returns layers touched.
+
+    Off under autocast: the bf16 activations then reach the fp32 adapters unchanged and autocast runs
+    the adapter matmuls in bf16 (with the cast on, peft would upcast to fp32 first)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = enabled
+            n += 1
+    return n
+
+
+def prepare_model(model, options: StepOptions) -> None:
+    """Apply the options that change the model: input casting, gradient checkpointing, compilation."""
+    if options.autocast:
+        set_adapter_input_casting(model, False)
+    if options.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # Non-reentrant checkpointing needs no input that requires grad (the base is frozen).
+        kwargs = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if options.compile:
+        compile_decoder_layers(model)
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer (regional compilation): the layers share one compiled graph,
+    so compiling costs about one layer's worth of tracing, not the whole model's."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.get_decoder().layers
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def make_optimizer(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, device: str = "cpu",
+                   fused: bool = True):
+    """AdamW over the adapters: one fused kernel on CUDA, multi-tensor (foreach) on CPU; with
+    fused=False torch's default implementation."""
+    import torch
+
+    kwargs = {}
+    if fused:
+        kwargs = {"fused": True} if str(device).startswith("cuda") else {"foreach": True}
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **kwargs)
+
+
+def autocast_context(device: str, enabled: bool):
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# The step and its deferred bookkeeping
+
+
+class StepRunner:
+    """Runs steps and keeps their metrics on the device until ``flush``.
+
+    ``loss_fn(model, input_ids, attention_mask, labels, fast, position_ids=, supervised=,
+    cross_entropy=)`` defaults to ``causal_lm_loss``; a caller may pass its own (tests inject NaNs).
+    """
+
+    def __init__(self, model, optimizer, params, options: StepOptions, device: str, max_grad_norm=None,
+                 loss_fn=None, row_capacity: int | None = None):
+        self.model, self.optimizer, self.params = model, optimizer, params
+        self.options, self.device, self.max_grad_norm = options, str(device), max_grad_norm
+        self.loss_fn = loss_fn or causal_lm_loss
+        self.row_capacity = row_capacity
+        self.cross_entropy, self.cross_entropy_name = select_cross_entropy(self.device, options.fused_cross_entropy)
+        self.cuda = self.device.startswith("cuda")
+        self._pending: list[tuple[int, object, object]] = []  # (step, metrics tensor, timing)
+
+    def layout(self, examples: list[Example], pad_id: int) -> Batch:
+        return layout_batch(examples, pad_id, self.options.packing, self.options.pad_to_multiple, self.row_capacity)
+
+    def run(self, batch: Batch, step: int = 0, update: bool = True) -> None:
+        """Forward, backward and (if update) an optimizer step; nothing waits for the device."""
+        import torch
+
+        batch = batch.to(self.device)
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            t0 = time.perf_counter()
+        with autocast_context(self.device, self.options.autocast):
+            loss, _ = self.loss_fn(self.model, batch.input_ids, batch.attention_mask, batch.labels,
+                                   fast=self.options.fast_loss, position_ids=batch.position_ids,
+                                   supervised=(batch.sup_index, batch.sup_targets, batch.n_supervised),
+                                   cross_entropy=self.cross_entropy)
+        loss.backward()
+        grads = [p.grad.detach() for p in self.params]
+        # One multi-tensor kernel on CUDA instead of one launch per adapter matrix.
+        norms = torch.stack(torch._foreach_norm(grads) if self.cuda else [g.norm() for g in grads])
+        metrics = torch.stack([loss.detach().float(), norms.mean(), norms.norm()])
+        if update:
+            # A non-finite loss is found at the next flush, before any checkpoint is written after it.
+            if self.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda:
+            end.record()
+            timing = (start, end)
+        else:
+            timing = time.perf_counter() - t0
+        self._pending.append((step, metrics, timing))
+
+    def flush(self) -> list[dict]:
+        """Metrics of every step since the last flush, in one transfer: step, loss, grad_norm (mean of
+        the per-parameter norms), grad_norm_global, seconds."""
+        import torch
+
+        if not self._pending:
+            return []
+        values = torch.stack([m for _, m, _ in self._pending]).tolist()
+        if self.cuda:
+            self._pending[-1][2][1].synchronize()
+        out = []
+        for (step, _, timing), (loss, gmean, gglobal) in zip(self._pending, values):
+            seconds = timing[0].elapsed_time(timing[1]) / 1000 if self.cuda else timing
+            out.append({"step": step, "loss": loss, "grad_norm": gmean, "grad_norm_global": gglobal,
+                        "seconds": seconds})
+        self._pending = []
+        return out
