@@ -52,3 +52,23 @@ def test_preset_run(tmp_path_factory) -> Path:
     proc = snakemake(ws, "--cores", "2", "--configfile", "presets/test.yaml")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return ws
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A loopback SLURM cluster (slurmctld + slurmd + munge) for the session; skipped without Debian's slurm.
+    Stopping it must leave none of its daemons running."""
+    from slurm_cluster import SlurmCluster, missing_requirements
+
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    pids = cluster.pids()
+    cluster.stop()
+    for pid in pids.values():
+        if pid is not None:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+

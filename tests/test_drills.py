@@ -373,18 +373,6 @@ def test_second_snakemake_in_the_same_folder_is_refused(clean, tmp_path):
 # ------------------------------------------------------------------------------------------ SLURM
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    from slurm_cluster import SlurmCluster, missing_requirements
-
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    yield cluster
-    cluster.stop()
-
-
 def _job_limits(job_id: int) -> tuple[int, str, str]:
     info = subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True, text=True).stdout
     mem = re.search(r"MinMemoryNode=(\d+)M", info) or re.search(r"mem=(\d+)M", info)

@@ -12,27 +12,9 @@ import subprocess
 
 import pandas as pd
 import pytest
-from slurm_cluster import SlurmCluster, missing_requirements
 from workflow_helpers import make_workspace, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    yield cluster
-    pids = cluster.pids()
-    cluster.stop()
-    for pid in pids.values():
-        if pid is not None:
-            with pytest.raises(ProcessLookupError):
-                import os
-
-                os.kill(pid, 0)
 
 
 def _scontrol_job(job_id: int) -> str:
