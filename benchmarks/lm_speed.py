@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from finetune_cpu import TARGETS, plain_step  # noqa: E402
+from lm_throughput import device_name as device_key  # noqa: E402  (the table's device names)
 
 from repro.cluster.shapes import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E402
 from repro.cluster.throughput import TABLE, record_rows  # noqa: E402
@@ -344,17 +345,6 @@ def bench_train(args, dtype, dtype_name: str, rank: int) -> dict:
         "cpu_seconds": cpu,
         "ratio_cpu": cpu["plain"] / cpu["repro"],
     }
-
-
-def device_key(device: str) -> str:
-    """The device name the throughput table uses (the GPU's family, as `repro forecast --gpu` names it)."""
-    if device == "cpu":
-        return "cpu"
-    name = torch.cuda.get_device_name()
-    for known in ("H200", "H100", "A100", "L40S"):
-        if known in name:
-            return known
-    return name.replace(" ", "_")
 
 
 def record(args, dtype_name: str, trains: list[dict], table: Path) -> list[dict]:
