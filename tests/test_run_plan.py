@@ -55,7 +55,8 @@ def test_planned_runs_cover_the_sweep_in_config_order():
     assert len(runs) == len(ft["datasets"]) * len(ft["methods"]) * len(ft["ranks"]) * len(ft["learning_rates"]) * len(ft["seeds"])
     assert len(set(runs)) == len(runs)
     assert runs[0] == Run(cfg["model"]["name"], ft["datasets"][0], ft["methods"][0], ft["ranks"][0], "0.0005", 0)
-    assert runs[0].directory("res") == f"res/lm/runs/{cfg['model']['name']}/{ft['datasets'][0]}/lora/r1/lr0.0005/seed0"
+    assert runs[0].key == f"{cfg['model']['name']}/{ft['datasets'][0]}/lora/r1/lr0.0005/seed0"
+    assert runs[0].directory("res") == f"res/lm/runs/{runs[0].key}"
 
 
 def test_run_dir_pattern_is_the_run_dir_with_wildcards():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .lm.runs import format_lr
+from .lm.runs import Run, format_lr
 
 SCHEMA = "repro-tracking/1"
 DEFAULT_URI = "sqlite:///results/mlruns/mlflow.db"
@@ -180,8 +180,8 @@ def build_record(summary_path: Path, runs, runs_csv: Path = Path("runs.csv")) ->
         key = metric_key("eval", col)
         metrics += [(key, float(v), int(s)) for s, v in zip(rows["step"], rows[col]) if math.isfinite(v)]
 
-    key = (f"{summary['model']}/{summary['dataset']}/{summary['method']}/r{summary['rank']}"
-           f"/lr{format_lr(summary['lr'])}/seed{summary['seed']}")
+    key = Run(summary["model"], summary["dataset"], summary["method"], int(summary["rank"]),
+              format_lr(summary["lr"]), int(summary["seed"])).key
     prov = _provenance(run_dir)
     git = prov.get("git") or prov.get("code_git") or {}
     tags = {TAG_KEY: key, "repro.run_dir": str(run_dir)}

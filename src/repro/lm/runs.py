@@ -16,8 +16,9 @@ import numpy as np
 
 from ..errors import ConfigError
 
-# One run's folder under the results root; its wildcards are the run's coordinates.
-RUN_DIR_TEMPLATE = "{results}/lm/runs/{model}/{dataset}/{method}/r{rank}/lr{lr}/seed{seed}"
+# A run's name (its coordinates), and its folder under the results root.
+RUN_KEY_TEMPLATE = "{model}/{dataset}/{method}/r{rank}/lr{lr}/seed{seed}"
+RUN_DIR_TEMPLATE = "{results}/lm/runs/" + RUN_KEY_TEMPLATE
 COORDINATES = ("dataset", "method", "rank", "lr", "seed")
 # lm-eval tasks shipped with the package (repro/lm/tasks/).
 LOCAL_TASKS = ("repro_knowledge", "repro_arithmetic", "repro_heldout_text")
@@ -36,6 +37,12 @@ class Run:
     rank: int
     lr: str  # formatted as in the run's folder name (format_lr)
     seed: int
+
+    @property
+    def key(self) -> str:
+        """The run's coordinates as one name (the folder below ``<results>/lm/runs/``)."""
+        return RUN_KEY_TEMPLATE.format(model=self.model, dataset=self.dataset, method=self.method,
+                                       rank=self.rank, lr=self.lr, seed=self.seed)
 
     def directory(self, results: str = "results") -> str:
         return run_dir(results, self.model, self.dataset, self.method, self.rank, self.lr, self.seed)
