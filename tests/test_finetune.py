@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
+from workflow_helpers import tiny_run_spec
 
 from repro.lm import finetune as ft
 from repro.lm.finetune import (
-    RunSpec,
     TrainingDivergedError,
     batch_schedule,
     build_adapter_model,
@@ -98,13 +98,6 @@ def test_fast_loss_equals_full_logits_loss_and_gradients(tiny_model_dir, instruc
     assert torch.allclose(results[True][2], results[False][2], rtol=1e-4, atol=1e-7)
 
 
-def _spec(**kw):
-    base = dict(model="tiny", dataset="d", method="rslora", rank=4, lr=1e-3, seed=0, max_steps=8,
-                batch_size=2, max_length=96, resume_every=3, threads=1)
-    base.update(kw)
-    return RunSpec(**base)
-
-
 def _log(run_dir):
     with open(run_dir / "train_log.csv") as fh:
         return list(csv.DictReader(fh))
@@ -118,7 +111,7 @@ def _adapter(path):
 
 def test_resumed_run_ends_with_the_same_numbers(tiny_model_dir, instruct_rows, tmp_path):
     rows = instruct_rows["train"]
-    full = train_run(_spec(), tiny_model_dir, rows, tmp_path / "full", progress=False)
+    full = train_run(tiny_run_spec(), tiny_model_dir, rows, tmp_path / "full", progress=False)
 
     class Killed(Exception):
         pass
@@ -128,10 +121,10 @@ def test_resumed_run_ends_with_the_same_numbers(tiny_model_dir, instruct_rows, t
             raise Killed
 
     with pytest.raises(Killed):
-        train_run(_spec(), tiny_model_dir, rows, tmp_path / "resumed", on_step=kill_after_5, progress=False)
+        train_run(tiny_run_spec(), tiny_model_dir, rows, tmp_path / "resumed", on_step=kill_after_5, progress=False)
     assert not (tmp_path / "resumed" / "summary.json").exists()
     # State was saved at step 4 (grid) after step 3 (resume_every); steps 5.. are replayed.
-    resumed = train_run(_spec(), tiny_model_dir, rows, tmp_path / "resumed", progress=False)
+    resumed = train_run(tiny_run_spec(), tiny_model_dir, rows, tmp_path / "resumed", progress=False)
     assert resumed["resumed_from"] == 4
     assert full["checkpoints"] == resumed["checkpoints"]
     log_a, log_b = _log(tmp_path / "full"), _log(tmp_path / "resumed")
@@ -158,14 +151,14 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tiny_model_dir, i
 
     monkeypatch.setattr(ft, "causal_lm_loss", poisoned)
     with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 3.*step-000002"):
-        train_run(_spec(), tiny_model_dir, instruct_rows["train"], tmp_path / "run", progress=False)
+        train_run(tiny_run_spec(), tiny_model_dir, instruct_rows["train"], tmp_path / "run", progress=False)
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == ["step-000000", "step-000001", "step-000002"]
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
 def test_summary_records_scaling_and_params(tiny_model_dir, instruct_rows, tmp_path):
-    summary = train_run(_spec(method="lora", rank=8, max_steps=2), tiny_model_dir, instruct_rows["train"],
+    summary = train_run(tiny_run_spec(method="lora", rank=8, max_steps=2), tiny_model_dir, instruct_rows["train"],
                         tmp_path / "r", progress=False)
     assert len(summary["scaling"]) == 1 and summary["scaling"][0] == pytest.approx(16 / 8)
     on_disk = json.loads((tmp_path / "r" / "summary.json").read_text())

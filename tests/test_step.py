@@ -9,6 +9,7 @@ import csv
 import pytest
 import torch
 import torch.nn.functional as F
+from workflow_helpers import tiny_run_spec
 
 from repro.lm.finetune import RunSpec, build_adapter_model, train_run
 from repro.lm.models import load_model
@@ -196,13 +197,6 @@ def test_bf16_autocast_runs_adapters_in_bf16_and_stays_close_to_fp32(tiny_model_
     assert seen == {False: torch.float32, True: torch.bfloat16}
 
 
-def _spec(**kw):
-    base = dict(model="tiny", dataset="d", method="rslora", rank=4, lr=1e-3, seed=0, max_steps=8,
-                batch_size=2, max_length=96, resume_every=3, threads=1)
-    base.update(kw)
-    return RunSpec(**base)
-
-
 def _log(run_dir):
     with open(run_dir / "train_log.csv") as fh:
         return list(csv.DictReader(fh))
@@ -210,9 +204,9 @@ def _log(run_dir):
 
 def test_deferred_sync_writes_the_same_train_log_as_syncing_every_step(tiny_model_dir, instruct_rows, tmp_path):
     rows = instruct_rows["train"]
-    every = _log_after(train_run(_spec(sync_every=1), tiny_model_dir, rows, tmp_path / "a", progress=False), tmp_path / "a")
+    every = _log_after(train_run(tiny_run_spec(sync_every=1), tiny_model_dir, rows, tmp_path / "a", progress=False), tmp_path / "a")
     # Only the last step and the probe sync: eight steps' metrics wait on the device.
-    deferred = _log_after(train_run(_spec(sync_every=100, resume_every=100, checkpoints=[8]), tiny_model_dir, rows,
+    deferred = _log_after(train_run(tiny_run_spec(sync_every=100, resume_every=100, checkpoints=[8]), tiny_model_dir, rows,
                                     tmp_path / "b", progress=False), tmp_path / "b")
     assert len(every) == len(deferred) == 9
     timing = {"seconds", "tokens_per_s"}

@@ -32,3 +32,12 @@ def snakemake(cwd: Path, *args: str, timeout: int = 900, **extra_env: str) -> su
     return subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def tiny_run_spec(**overrides):
+    """A fine-tuning run of the tiny test model: 8 steps of 2 examples, resume state every 3 steps."""
+    from repro.lm.finetune import RunSpec
+
+    base = dict(model="tiny", dataset="d", method="rslora", rank=4, lr=1e-3, seed=0, max_steps=8,
+                batch_size=2, max_length=96, resume_every=3, threads=1)
+    return RunSpec(**{**base, **overrides})
