@@ -70,11 +70,18 @@ report: setup
 bundle: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro bundle pack
 
+# Tests run on TEST_WORKERS processes (pytest-xdist; 0 runs them in this process). A module's tests stay
+# on one worker (its module fixtures are built once); the end-to-end run of the test preset is shared
+# by all workers (tests/conftest.py). Much of the suite waits on subprocesses (Snakemake, SLURM polls),
+# so two workers fill two cores.
+TEST_WORKERS ?= 2
+PYTEST := PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not drills"
+	$(PYTEST) -m "not drills"
 
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not drills"
+	$(PYTEST) -m "not slow and not drills"
 
 # Fault drills on the real DAG (SIGKILL mid-job, damaged inputs, full disk, locks, SLURM): README "Fault drills".
 drills: setup

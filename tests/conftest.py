@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,33 @@ def instruct_rows() -> dict[str, list[dict]]:
     return build_stdlib_instruct(spec, seed=0)
 
 
-@pytest.fixture(scope="session")
-def test_preset_run(tmp_path_factory) -> Path:
-    """One run of the whole DAG on the test preset, shared by every end-to-end check (read-only)."""
+def _run_test_preset(ws: Path) -> Path:
     from workflow_helpers import make_workspace, snakemake
 
-    ws = make_workspace(tmp_path_factory.mktemp("test-preset"))
+    make_workspace(ws)
     proc = snakemake(ws, "--cores", "2", "--configfile", "presets/test.yaml")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return ws
+
+
+@pytest.fixture(scope="session")
+def test_preset_run(tmp_path_factory, worker_id) -> Path:
+    """One run of the whole DAG on the test preset, shared by every end-to-end check (read-only).
+
+    Under pytest-xdist the workers share one run: the first to need it builds it under a file lock
+    in the session's common temporary folder, the others wait for it and read the same folder."""
+    if worker_id == "master":
+        return _run_test_preset(tmp_path_factory.mktemp("test-preset"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per session, above each worker's
+    ws, done = shared / "test-preset", shared / "test-preset.done"
+    with FileLock(str(shared / "test-preset.lock")):
+        if not done.exists():
+            if ws.exists():  # a worker that failed half-way: start clean rather than reuse its state
+                shutil.rmtree(ws)
+            _run_test_preset(ws)
+            done.touch()
     return ws
 
 
@@ -72,3 +92,23 @@ def slurm(tmp_path_factory):
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
 
+
+
+# Under pytest-xdist (make test) a module's tests run on one worker, modules in this order. The longest
+# chain goes first: the SLURM test waits for the shared test-preset run and then on its cluster for
+# minutes, so its worker builds that run at once while the other takes the long CPU-bound modules;
+# modules that read the shared run come last, when it is ready. Run alone, the order changes nothing.
+FIRST_MODULES = ("test_slurm.py", "test_laws_fitter.py", "test_compression_enumeration.py",
+                 "test_compression_sat.py", "test_step.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    reads_shared_run = {item.path.name for item in items if "test_preset_run" in getattr(item, "fixturenames", ())}
+
+    def rank(item):
+        name = item.path.name
+        if name in FIRST_MODULES:
+            return FIRST_MODULES.index(name)
+        return len(FIRST_MODULES) + (name in reads_shared_run)
+
+    items.sort(key=rank)  # stable: the order inside a module and within a rank is kept
