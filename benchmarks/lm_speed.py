@@ -14,10 +14,13 @@ eval: on the same corpus batches, side by side in alternating rounds,
 
 train: repro's step (repro.lm.step.StepRunner, as train_run runs it: length-grouped batches, output
   layer at supervised positions only, AdamW fused on cuda / foreach on cpu, metrics kept on the device
-  until the round's end; on cuda by default also the CUDA presets' compiled layers, bf16 autocast and
-  length buckets of 64, and liger's fused cross-entropy where installed; --packing packs examples)
-  against the plain transformers+peft step (finetune_cpu.plain_step), each on its own copy of the
-  model, on the same synthetic examples each round; tok/s counts supervised tokens. plain_compiled
+  until the round's end; bf16 autocast by default where the device computes bf16 in hardware, as
+  the default config's finetune.autocast "auto" does; on cuda by default also the CUDA presets'
+  compiled layers and length buckets of 64, and liger's fused cross-entropy where installed;
+  --packing packs examples) against the plain transformers+peft step (finetune_cpu.plain_step) in
+  the model's dtype, each on its own copy of the model, on the same synthetic examples each round;
+  tok/s counts supervised tokens. With autocast, plain_autocast is the plain step under the same
+  bf16 autocast (ratio_vs_plain_autocast: what the step adds beyond bf16 compute). plain_compiled
   runs the plain step on torch.compile(model) (only with --compile: compiling takes minutes on a
   CPU). With several --rank values, train holds one entry per rank. mfu: input
   tokens/s x 4 x (matmul parameters: decoder + output layer) over the device's peak, i.e. forward plus
@@ -69,7 +72,7 @@ from repro.cluster.shapes import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E4
 from repro.cluster.throughput import TABLE, record_rows  # noqa: E402
 from repro.lm.finetune import batch_schedule, build_adapter_model  # noqa: E402
 from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass  # noqa: E402
-from repro.lm.step import StepOptions, StepRunner, make_optimizer, prepare_model  # noqa: E402
+from repro.lm.step import StepOptions, StepRunner, make_optimizer, native_bf16, prepare_model  # noqa: E402
 from repro.lm.tokens import IGNORE, Example  # noqa: E402
 
 TINY = ModelShape(0, 64, 128, 2, 4, 2, 512)
@@ -289,6 +292,14 @@ def bench_train(args, dtype, dtype_name: str, rank: int) -> dict:
         "plain": (False, plain_round(lambda b: plain_step(model, opt, b, pad, dev))),
         "repro": (True, repro_round),
     }
+    if options.autocast:
+        # The same bf16 matmuls in the plain loop (peft's default input cast kept): how much of the
+        # ratio is the step's own and how much is bf16 compute.
+        def plain_autocast_step(b):
+            with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16):
+                plain_step(model, opt, b, pad, dev)
+
+        variants["plain_autocast"] = (False, plain_round(plain_autocast_step))
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
         variants["plain_compiled"] = (False, plain_round(lambda b: plain_step(compiled, opt, b, pad, dev)))
@@ -319,7 +330,9 @@ def bench_train(args, dtype, dtype_name: str, rank: int) -> dict:
     tied = model.get_base_model().config.tie_word_embeddings
     matmul_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
     matmul_params += s.vocab_size * s.hidden_size if tied else 0  # a tied output layer is still a matmul
-    peak, source = peak_flops(dev, dtype_name, dtype)
+    # Under autocast the matmuls run in bf16: that is the peak they are held to.
+    peak, source = (peak_flops(dev, "bfloat16", torch.bfloat16) if options.autocast
+                    else peak_flops(dev, dtype_name, dtype))
     input_tps = inputs / sum(seconds["repro"])
     if dev == "cuda":
         peak_mem = torch.cuda.max_memory_allocated() / 1e9
@@ -332,6 +345,8 @@ def bench_train(args, dtype, dtype_name: str, rank: int) -> dict:
         "plain_tok_s": tps["plain"],
         "plain_compiled_tok_s": tps.get("plain_compiled"),
         "ratio": tps["repro"] / tps["plain"],
+        "plain_autocast_tok_s": tps.get("plain_autocast"),
+        "ratio_vs_plain_autocast": tps["repro"] / tps["plain_autocast"] if "plain_autocast" in tps else None,
         "mfu": input_tps * 4 * matmul_params / peak,
         "peak_mem_gb": peak_mem,
         "rank": rank,
@@ -403,7 +418,8 @@ def main(argv=None) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     cuda = args.device == "cuda"
-    args.autocast = cuda if args.autocast is None else args.autocast
+    # Unset: what the default config's finetune.autocast "auto" resolves to on this device.
+    args.autocast = native_bf16(args.device) if args.autocast is None else args.autocast
     args.repro_compile = cuda if args.repro_compile is None else args.repro_compile
     args.pad_to_multiple = (64 if cuda else 1) if args.pad_to_multiple is None else args.pad_to_multiple
     args.rank = args.rank or ([16, 256] if args.model == "llama2-7b" else [16])
@@ -435,6 +451,9 @@ def main(argv=None) -> dict:
                 torch.cuda.empty_cache()
             trains.append(t := bench_train(args, dtype, dtype_name, rank))
             compiled = f", plain compiled {t['plain_compiled_tok_s']:.1f}" if t["plain_compiled_tok_s"] else ""
+            if t["plain_autocast_tok_s"]:
+                compiled += (f", plain under bf16 autocast {t['plain_autocast_tok_s']:.1f} "
+                             f"({t['ratio_vs_plain_autocast']:.2f}x)")
             print(f"train {args.model} r={rank}: repro {t['repro_tok_s']:.1f} supervised tok/s, plain "
                   f"{t['plain_tok_s']:.1f}{compiled}; ratio {t['ratio']:.2f}x, MFU {t['mfu']:.1%}, peak memory "
                   f"{t['peak_mem_gb']:.2f} GB")

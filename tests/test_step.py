@@ -294,7 +294,7 @@ def _check_gpu_preset_run(spec, tiny_model_dir, instruct_rows, run_dir):
     log = _log(run_dir)
     assert [int(r["step"]) for r in log] == list(range(1, 6))
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) and float(r["grad_norm"]) > 0 for r in log)
-    assert summary["dtype"] == "bfloat16" and summary["autocast"] and summary["cross_entropy"] == "plain"
+    assert summary["dtype"] == "bfloat16" and summary["bf16_autocast"] is True and summary["cross_entropy"] == "plain"
     first = load_file(run_dir / summary["checkpoints"]["0"] / "adapter_model.safetensors")
     last = load_file(run_dir / summary["checkpoints"]["4"] / "adapter_model.safetensors")
     # fp32 master weights on a bf16 base, and they trained.
@@ -319,3 +319,22 @@ def test_gpu_preset_step_settings_train_on_cpu_compiled(tiny_model_dir, instruct
     # Compiled layers compute the same step as eager ones (bf16: up to rounding).
     for a, b in zip(log, eager):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=3e-2)
+
+
+def test_autocast_auto_follows_the_cpu_flags_and_the_run_records_what_it_used(tmp_path, tiny_model_dir,
+                                                                              instruct_rows):
+    from repro.lm.step import native_bf16, resolve_autocast
+
+    with_bf16, without = tmp_path / "zen4", tmp_path / "old"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert native_bf16("cpu", str(with_bf16)) and not native_bf16("cpu", str(without))
+    assert not native_bf16("cpu", str(tmp_path / "no-such-file"))
+    assert resolve_autocast(True, "cpu") is True and resolve_autocast(False, "cpu") is False
+    assert resolve_autocast("auto", "cpu") == native_bf16("cpu")
+    with pytest.raises(ValueError, match="finetune.autocast"):
+        resolve_autocast("sometimes", "cpu")
+
+    spec = tiny_run_spec(max_steps=2, autocast="auto")
+    summary = train_run(spec, tiny_model_dir, instruct_rows["train"], tmp_path / "run", progress=False)
+    assert summary["autocast"] == "auto" and summary["bf16_autocast"] is native_bf16("cpu")

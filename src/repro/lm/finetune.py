@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_dir, atomic_open, atomic_write_text
 from .runs import checkpoint_grid
 from .step import (  # noqa: F401  (causal_lm_loss and compile_decoder_layers are this module's API too)
     StepOptions,
@@ -34,6 +35,7 @@ from .step import (  # noqa: F401  (causal_lm_loss and compile_decoder_layers ar
     compile_decoder_layers,
     make_optimizer,
     prepare_model,
+    resolve_autocast,
 )
 from .tokens import Example, encode_rows
 
@@ -74,15 +76,16 @@ class RunSpec:
     dtype: str = "float32"
     packing: bool = False
     pad_to_multiple: int = 1
-    autocast: bool = False
+    autocast: bool | str = False  # "auto": on where the device computes bf16 in hardware
     fused_cross_entropy: bool = True
     fused_optimizer: bool = True
     gradient_checkpointing: bool = False
     sync_every: int = 32
 
-    def step_options(self) -> StepOptions:
+    def step_options(self, device: str | None = None) -> StepOptions:
         return StepOptions(fast_loss=self.fast_loss, packing=self.packing, pad_to_multiple=self.pad_to_multiple,
-                           autocast=self.autocast, fused_cross_entropy=self.fused_cross_entropy,
+                           autocast=resolve_autocast(self.autocast, device or self.device),
+                           fused_cross_entropy=self.fused_cross_entropy,
                            fused_optimizer=self.fused_optimizer, gradient_checkpointing=self.gradient_checkpointing,
                            compile=self.compile)
 
@@ -172,20 +175,6 @@ def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: in
     return batches[:n_batches]
 
 
-def _atomic_dir(final: Path, writer) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    writer(tmp)
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _save_resume_state(state_dir: Path, model, optimizer, step: int) -> None:
     import torch
     from peft import get_peft_model_state_dict
@@ -197,7 +186,7 @@ def _save_resume_state(state_dir: Path, model, optimizer, step: int) -> None:
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step}))
 
-    _atomic_dir(state_dir / "resume", write)
+    atomic_dir(state_dir / "resume", write)
 
 
 def _load_resume_state(state_dir: Path, model, optimizer) -> int:
@@ -245,12 +234,10 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def train_run(
@@ -281,7 +268,7 @@ def train_run(
     base, tokenizer = load_model(model_dir, dtype=spec.dtype, device=device)
     model = build_adapter_model(base, spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules)
     model.train()
-    options = spec.step_options()
+    options = spec.step_options(device)
     prepare_model(model, options)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, spec.lr, spec.adam_betas, spec.weight_decay, device, spec.fused_optimizer)
@@ -372,13 +359,12 @@ def train_run(
         "n_train_examples": len(examples),
         "device": device,
         "cross_entropy": runner.cross_entropy_name,
+        "bf16_autocast": options.autocast,
         "torch_threads": torch.get_num_threads(),
     }
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    os.replace(tmp, run_dir / "summary.json")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
 
 def _save_checkpoint(model, ckpt_dir: Path, step: int) -> None:
-    _atomic_dir(ckpt_dir / f"step-{step:06d}", lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    atomic_dir(ckpt_dir / f"step-{step:06d}", lambda tmp: model.save_pretrained(tmp, safe_serialization=True))

