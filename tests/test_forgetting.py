@@ -149,6 +149,32 @@ def test_one_pass_runs_the_base_once_per_batch(tiny_model_dir):
     assert len({res[s]["c"]["kl_forget"] for s in res}) == 3
 
 
+def test_a_zero_adapter_reuses_the_base_forward_with_the_same_numbers(tiny_model_dir):
+    from repro.lm.finetune import build_adapter_model
+    from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass
+    from repro.lm.models import load_model
+
+    base, tok = load_model(tiny_model_dir)
+    model = build_adapter_model(base, "lora", 4, 8, 0.0, ["q_proj", "v_proj"]).eval()
+    bank = AdapterBank(model)
+    g = torch.Generator().manual_seed(1)
+    random = {k: torch.randn(t.shape, generator=g) * 0.1 for k, t in bank.targets.items()}
+    bank.add(0, {k: (torch.zeros_like(t) if ".lora_B." in k else t) for k, t in random.items()})  # as LoRA starts
+    bank.add(1, {k: (torch.zeros_like(t) if ".lora_A." in k else t) for k, t in random.items()})
+    bank.add(2, random)
+    assert [bank.is_base(s) for s in (0, 1, 2)] == [True, False, False]  # only the all-zero-B test is trusted
+    corpus = ForgettingCorpus("c", _corpus(tiny_model_dir), tok, batch_size=2)  # 2 batches
+    calls = []
+    model.get_base_model().get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    res = forgetting_one_pass(model, [corpus], bank, [0, 1, 2], max_cache_gb=1.0)
+    assert len(calls) == 2 * (1 + 2)  # step 0 runs no forward of its own
+    assert res[0]["c"]["kl_forget"] == 0.0
+    assert res[0]["c"]["loss_forget"] == res[0]["c"]["base_entropy"]
+    # What the forward would have given: step 1's adapter also adds nothing (A = 0), and is run.
+    assert res[1]["c"]["loss_forget"] == pytest.approx(res[0]["c"]["loss_forget"], rel=1e-12)
+    assert res[2]["c"]["kl_forget"] > 1e-6
+
+
 def test_adapter_bank_rejects_foreign_keys(tiny_model_dir):
     from repro.lm.finetune import build_adapter_model
     from repro.lm.forgetting import AdapterBank

@@ -69,6 +69,41 @@ def test_bootstrap_intervals_cover_the_true_exponents(family):
     assert coverage["alpha"] >= 0.85 and coverage["beta"] >= 0.85, coverage
 
 
+def test_bootstrap_fits_each_multiset_of_runs_once_and_counts_every_draw(monkeypatch):
+    """Four runs give 35 distinct resamples; 60 draws must give the intervals of 60 separate refits."""
+    import repro.laws.fits as fits_module
+
+    df, p_ref, n_ref = draw_runs("joint", 3, seeds_per_rank=1)
+    fam = FAMILIES["joint"]
+    fit = fit_power_law(df, "y", fam, holdout_last=0, p_ref=p_ref, n_ref=n_ref)
+    calls = []
+
+    def counting_fit(*args, **kwargs):
+        calls.append(1)
+        return fit_family(*args, **kwargs)
+
+    monkeypatch.setattr(fits_module, "fit_family", counting_fit)
+    boot = bootstrap_power_law(df, "y", fam, fit["params"], p_ref, n_ref, resamples=60, seed=4)
+    assert len(calls) <= 35 and len(calls) < 60
+
+    # The plain bootstrap, one refit per draw (runs concatenated in sorted order, as resamples are).
+    runs = [g for _, g in df.groupby(["rank", "lr", "seed"])]
+    rng = np.random.default_rng(4)  # a seed whose 60 draws include two of one run alone
+    start = np.array([fit["params"][p] for p in fam.params])
+    draws, failed = [], 0
+    for _ in range(60):
+        sample = pd.concat([runs[i] for i in sorted(rng.integers(0, 4, 4))], ignore_index=True)
+        if sample["trainable_params"].nunique() < 2:
+            failed += 1
+            continue
+        x1, x2 = sample["trainable_params"] / p_ref, sample["step"] / n_ref
+        draws.append(fit_family(fam, x1, x2, sample["y"], extra_starts=[start]).theta)
+    assert boot["bootstrap_ok"] == len(draws) and boot["bootstrap_failed"] == failed > 0
+    lo, hi = np.percentile(np.array(draws), [2.5, 97.5], axis=0)
+    for p, a, b in zip(fam.params, lo, hi):
+        assert boot["ci95"][p] == pytest.approx([a, b], rel=1e-9), p
+
+
 @pytest.mark.parametrize("family", sorted(TRUE))
 def test_many_start_fit_recovers_each_family_from_a_far_start(family):
     df, p_ref, n_ref = draw_runs(family, 1, run_sd=0.0, iid_sd=2e-4)

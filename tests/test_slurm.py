@@ -12,7 +12,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-from workflow_helpers import make_workspace, snakemake
+from workflow_helpers import BackgroundSnakemake, make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,12 @@ SLURM_TARGETS = ("results/lm/runs.csv", "results/laws/fits.csv", "results/number
                  "results/tables/linear_law.tex", "results/figures/forgetting_vs_finetune_tiny-llama_stdlib-instruct.pdf")
 
 
-def test_test_preset_runs_under_slurm_like_locally(slurm, test_preset_run, tmp_path):
+def test_test_preset_runs_under_slurm_like_locally(slurm, request, tmp_path):
     ws = make_workspace(tmp_path / "ws")
     before = slurm.allocated_job_ids()
-    proc = snakemake(
+    # The cluster run starts first and the local run it is compared with is built (or awaited) while it
+    # runs: most of a SLURM job's wall time is submission and status polling, which the local run fills.
+    cluster_run = BackgroundSnakemake(
         ws, *SLURM_TARGETS, "--workflow-profile", "profiles/slurm", "--configfile", "presets/test.yaml",
         # The loopback cluster has no accounting database to guess an account from, and jobs of
         # seconds should be polled for in seconds.
@@ -41,8 +43,11 @@ def test_test_preset_runs_under_slurm_like_locally(slurm, test_preset_run, tmp_p
         "--seconds-between-status-checks", "1", "--jobs", "4",
         # GPU requests go through GRES on the fake devices (the tiny model still runs on the CPU).
         "--set-resources", "finetune:gpu=1",
-        timeout=1500,
     )
+    try:
+        local_ws = request.getfixturevalue("test_preset_run")
+    finally:
+        proc = cluster_run.wait(timeout=1500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
 
@@ -68,7 +73,6 @@ def test_test_preset_runs_under_slurm_like_locally(slurm, test_preset_run, tmp_p
         assert re.search(r"gres/gpu[:=]1|gpu:1", info), info
 
     # Same seed, same numbers as the local run of the same preset.
-    local_ws = test_preset_run
     a = pd.read_csv(ws / "results/lm/runs.csv").drop(columns=["run_dir"])
     b = pd.read_csv(local_ws / "results/lm/runs.csv").drop(columns=["run_dir"])
     pd.testing.assert_frame_equal(a, b)

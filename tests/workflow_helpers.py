@@ -27,11 +27,42 @@ def make_workspace(path: Path) -> Path:
     return path
 
 
+def _env(extra_env: dict) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
+
+
 def snakemake(cwd: Path, *args: str, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
     return subprocess.run(
-        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=_env(extra_env), capture_output=True, text=True,
+        timeout=timeout,
     )
+
+
+class BackgroundSnakemake:
+    """Snakemake started in the background, so a test can do other work while it runs (its output goes
+    to files, not pipes, so a long log cannot block it); ``wait`` gives what :func:`snakemake` would."""
+
+    def __init__(self, cwd: Path, *args: str, **extra_env: str):
+        self.args = [str(BIN / "snakemake"), *args]
+        self.stdout = (cwd / ".snakemake-test.out").open("w+")
+        self.stderr = (cwd / ".snakemake-test.err").open("w+")
+        self.proc = subprocess.Popen(self.args, cwd=cwd, env=_env(extra_env), stdout=self.stdout,
+                                     stderr=self.stderr, text=True)
+
+    def wait(self, timeout: int) -> subprocess.CompletedProcess:
+        try:
+            returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            for stream in (self.stdout, self.stderr):
+                stream.seek(0)
+        out, err = self.stdout.read(), self.stderr.read()
+        self.stdout.close()
+        self.stderr.close()
+        return subprocess.CompletedProcess(self.args, returncode, out, err)
 
 
 def tiny_run_spec(**overrides):

@@ -29,6 +29,7 @@ from .powerlaw import (
     FAMILIES,
     FIT_LOSS,
     Family,
+    FitResult,
     fit_family,
     log_metrics,
     percentile_intervals,
@@ -246,12 +247,20 @@ def bootstrap_power_law(
     rng = np.random.default_rng(seed)
     start = np.array([theta[p] for p in family.params])
     draws, failed, converged = [], 0, 0
+    # A resample is a multiset of runs, and its fit depends on nothing else: with G runs there are only
+    # C(2G - 1, G) of them (35 for G = 4), so most of 200 draws repeat one already fitted. Each draw still
+    # counts once in the percentiles, as the bootstrap requires.
+    fitted: dict[tuple[int, ...], FitResult | None] = {}
     for _ in range(resamples):
-        sample = pd.concat([runs[i] for i in rng.integers(0, len(runs), len(runs))], ignore_index=True)
-        if sample["trainable_params"].nunique() < 2 and "alpha" in family.params:
-            failed += 1
-            continue
-        res = fit_family(family, *_arrays(sample, target, p_ref, n_ref), n_starts=n_starts, extra_starts=[start])
+        picked = tuple(sorted(rng.integers(0, len(runs), len(runs)).tolist()))
+        if picked not in fitted:
+            sample = pd.concat([runs[i] for i in picked], ignore_index=True)
+            if sample["trainable_params"].nunique() < 2 and "alpha" in family.params:
+                fitted[picked] = None
+            else:
+                fitted[picked] = fit_family(family, *_arrays(sample, target, p_ref, n_ref), n_starts=n_starts,
+                                            extra_starts=[start])
+        res = fitted[picked]
         if res is None:
             failed += 1
             continue

@@ -217,6 +217,14 @@ class AdapterBank:
         self.add(step, load_safetensors(Path(checkpoint_dir) / "adapter_model.safetensors", device=str(device)),
                  source=str(checkpoint_dir))
 
+    def is_base(self, step: int) -> bool:
+        """Whether the checkpoint's adapter adds nothing (every lora_B zero, as LoRA starts): its model is
+        the base model, bit for bit when merged (W + s*0*A = W) or through peft's branch (x + 0)."""
+        keys = list(self.targets)
+        if not all(".lora_A." in k or ".lora_B." in k for k in keys):
+            return False
+        return all(not bool(w.any()) for k, w in zip(keys, self.weights[step]) if ".lora_B." in k)
+
     def activate(self, step: int) -> None:
         """Copy a checkpoint's adapter into the LoRA parameters (the model as peft would run it)."""
         with torch.no_grad():
@@ -266,7 +274,8 @@ def _chunks(n: int, vocab: int) -> list[slice]:
 def forgetting_one_pass(model, corpora, bank: AdapterBank, steps, max_cache_gb: float, tick=None) -> dict:
     """L_f, base entropy and KL of every checkpoint in ``steps`` (all held in ``bank``), one sweep per corpus.
 
-    Per batch: the decoder runs once with adapters disabled, then once per checkpoint. The output
+    Per batch: the decoder runs once with adapters disabled, then once per checkpoint (not for a
+    checkpoint whose adapter is still zero, as at step 0: that is the base forward again). The output
     layer runs chunk by chunk on the kept positions only, in the model's dtype; everything over the
     vocabulary is upcast per chunk and reduced in fp32, sums accumulate in fp64. Returns
     {step: {corpus name: {loss_forget, base_entropy, kl_forget, forget_positions}}}.
@@ -275,6 +284,7 @@ def forgetting_one_pass(model, corpora, bank: AdapterBank, steps, max_cache_gb: 
     vocab = head.weight.shape[0]
     device = head.weight.device
     out = {s: {} for s in steps}
+    base_steps = {s for s in steps if bank.is_base(s)}
     with torch.inference_mode():
         for corpus in corpora:
             acc = torch.zeros(len(steps), 2, dtype=torch.float64, device=device)  # ce, kl per checkpoint
@@ -297,6 +307,11 @@ def forgetting_one_pass(model, corpora, bank: AdapterBank, steps, max_cache_gb: 
                 if tick:
                     tick(1)
                 for i, step in enumerate(steps):
+                    if step in base_steps:  # L_f = H(p_base) and KL = 0, exactly what a forward gives
+                        acc[i, 0] += sum(ent.sum() for ent in entropy)
+                        if tick:
+                            tick(1)
+                        continue
                     with bank.applied(step):
                         h_ft = _hidden(model, ids, mask, keep)
                     for c, p, ent in zip(chunks, probs, entropy):
