@@ -87,7 +87,8 @@ def evaluate_objective(net: TEBNet, split: dict, beta, batch_size: int, device) 
 def fit(net: TEBNet, data: dict, tcfg: dict, epochs: int, beta, seed: int, device="cpu", desc: str = "") -> tuple[TEBNet, pd.DataFrame]:
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    # fused: one kernel for the whole update (a third of the step time of these small networks on CPU)
+    opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], fused=True)
     train = data["train"]
     n = len(train["target"])
     gen = torch.Generator().manual_seed(seed)
