@@ -87,8 +87,10 @@ def evaluate_objective(net: TEBNet, split: dict, beta, batch_size: int, device) 
 def fit(net: TEBNet, data: dict, tcfg: dict, epochs: int, beta, seed: int, device="cpu", desc: str = "") -> tuple[TEBNet, pd.DataFrame]:
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    # fused: one kernel for the whole update (a third of the step time of these small networks on CPU)
-    opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], fused=True)
+    # Not fused=True: it saves about a second per job, but its rounding (2e-6 in the weights after 60 steps)
+    # moved single-seed results of the nonlinear tasks (sinusoid TEB at beta = 100: KL 10.4 -> 0.002 nats,
+    # a collapsed posterior), so the default optimiser keeps the reported numbers.
+    opt = torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     train = data["train"]
     n = len(train["target"])
     gen = torch.Generator().manual_seed(seed)
