@@ -175,6 +175,7 @@ class AdapterBank:
     def __init__(self, model, merge: bool | None = None):
         from peft import get_peft_model_state_dict
         from peft.tuners.lora import LoraLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
         self.model = model
         self.targets = get_peft_model_state_dict(model)
@@ -184,6 +185,7 @@ class AdapterBank:
             raise RuntimeError(f"adapter tensors are copies, not the model's parameters: {aliased[:3]}")
         self.weights: dict[int, list] = {}
         self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self._only_lora = all(isinstance(m, LoraLayer) for m in model.modules() if isinstance(m, BaseTunerLayer))
         mergeable = all(
             isinstance(m.base_layer, torch.nn.Linear) and not m.lora_variant and not m.fan_in_fan_out
             and m.base_layer.weight.dtype == torch.float32
@@ -234,8 +236,19 @@ class AdapterBank:
     @contextmanager
     def base(self):
         """The base model: adapters disabled."""
-        with self.model.disable_adapter():
+        if not self._only_lora:
+            with self.model.disable_adapter():
+                yield
+            return
+        # What peft's disable_adapter() does for a LoRA-only model, without its check of the whole
+        # model's adapter status on every entry (a walk over all modules: 5 % of an evaluation on CPU).
+        for m in self.layers:
+            m.enable_adapters(False)
+        try:
             yield
+        finally:
+            for m in self.layers:
+                m.enable_adapters(True)
 
     @contextmanager
     def applied(self, step: int):
@@ -250,7 +263,7 @@ class AdapterBank:
                 torch.addmm(w, m.lora_B[name].weight, m.lora_A[name].weight, alpha=m.scaling[name], out=merged)
                 m.base_layer.weight = merged
         try:
-            with self.model.disable_adapter():
+            with self.base():
                 yield
         finally:
             for m, w in zip(self.layers, self._base_weights):
