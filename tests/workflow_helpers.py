@@ -56,13 +56,15 @@ class BackgroundSnakemake:
             self.proc.kill()
             self.proc.wait()
             raise
-        finally:
-            for stream in (self.stdout, self.stderr):
-                stream.seek(0)
-        out, err = self.stdout.read(), self.stderr.read()
-        self.stdout.close()
-        self.stderr.close()
+        finally:  # the logs are read and closed on a timeout too
+            out, err = (_read_and_close(stream) for stream in (self.stdout, self.stderr))
         return subprocess.CompletedProcess(self.args, returncode, out, err)
+
+
+def _read_and_close(stream) -> str:
+    with stream:
+        stream.seek(0)
+        return stream.read()
 
 
 def tiny_run_spec(**overrides):
