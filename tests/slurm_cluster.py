@@ -90,7 +90,7 @@ class SlurmCluster:
             "JobCompType=jobcomp/none", "MpiDefault=none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory",
             "ReturnToService=2", "SchedulerParameters=sched_interval=1",
-            "MinJobAge=300",
+            "MinJobAge=3600",  # finished jobs stay visible to scontrol for the rest of a slow test run
             f"StateSaveLocation={s}/state", f"SlurmdSpoolDir={s}/spool",
             f"SlurmctldPidFile={s}/slurmctld.pid", f"SlurmdPidFile={s}/slurmd.pid",
             f"SlurmctldLogFile={self.ctld_log}", f"SlurmdLogFile={s}/slurmd.log",

@@ -5,6 +5,8 @@ method, two ranks and compression at n = 5) is the reference. Each drill copies 
 checks that the pipeline says what broke and, once the damage is removed as the message says, ends with
 the reference's outputs:
 
+- SIGKILL of a fine-tuning job after a step (``REPRO_KILL_AFTER_STEP``): Snakemake carries on, the
+  rerun resumes the run from its last saved state.
 - SIGKILL in the middle of a job (``REPRO_KILL_AT``, repro/faults.py) takes Snakemake down with it, as a
   lost node or a power cut would: the folder stays locked and the outputs marked incomplete, so the
   rerun is ``snakemake --unlock`` then ``--rerun-incomplete``. Every job type is deterministic on a CPU,
@@ -149,6 +151,22 @@ def not_yet_made(ws: Path, *rels: str) -> None:
     """
     for rel in rels:
         (ws / rel).unlink()
+
+
+def test_killed_fine_tuning_resumes_from_its_last_saved_state(clean, tmp_path):
+    """SIGKILL the fine-tuning job itself after step 5 (Snakemake carries on and reports it failed):
+    the rerun resumes from step 4, its last saved state, and ends bit-identical to the reference."""
+    ws = copy_of(clean, tmp_path)
+    shutil.rmtree(ws / RUN)
+    not_yet_made(ws, "results/lm/runs.csv", "results/lm/steps.csv")
+    assert sm(ws, "results/lm/runs.csv", REPRO_KILL_AFTER_STEP="5").returncode != 0
+    assert not (ws / RUN / "summary.json").exists()
+    assert sorted(p.name for p in (ws / RUN / "checkpoints").iterdir())[-1] == "step-000004"
+    ok(sm(ws, "results/lm/runs.csv", "--rerun-incomplete"))
+    assert json.loads((ws / RUN / "summary.json").read_text())["resumed_from"] == 4
+    same_bytes(ws, clean, f"{RUN}/eval.csv", f"{RUN}/checkpoints/step-000008/adapter_model.safetensors")
+    same_csv(ws, clean, f"{RUN}/tasks.csv")
+    same_csv(ws, clean, "results/lm/runs.csv")
 
 
 def test_killed_forgetting_evaluation(clean, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from workflow_helpers import make_workspace as _workspace
 from workflow_helpers import snakemake as _snakemake
 
@@ -122,39 +120,6 @@ def test_paper_preset_plans(tmp_path):
     for rule, count in (("finetune", 18), ("evaluate", 18), ("download_model", 1), ("aggregate", 1),
                         ("evaluate_tasks", 18), ("evaluate_tasks_base", 1)):
         assert any(line.split()[:2] == [rule, str(count)] for line in out.splitlines()), (rule, out[-3000:])
-
-
-RUNS = "results/lm/runs.csv"
-
-
-def _one_run_config(ws: Path) -> str:
-    cfg = yaml.safe_load((ws / "presets/test.yaml").read_text())
-    cfg["finetune"].update(methods=["rslora"], ranks=[4])
-    # The resume test needs fine-tuning, evaluation and aggregation only.
-    cfg["evals"] = {**cfg.get("evals", {}), "enabled": False}
-    (ws / "one.yaml").write_text(yaml.safe_dump(cfg))
-    return "one.yaml"
-
-
-@pytest.mark.slow
-def test_killed_finetune_job_resumes_under_snakemake(tmp_path):
-    """SIGKILL a fine-tuning job mid-run; rerunning the DAG resumes it and ends with the same table."""
-    killed = _workspace(tmp_path / "killed")
-    cfg = _one_run_config(killed)
-    first = _snakemake(killed, "--cores", "1", RUNS, "--configfile", cfg, REPRO_KILL_AFTER_STEP="5")
-    assert first.returncode != 0
-    run = next((killed / "results/lm/runs").rglob("state")).parent
-    assert not (run / "summary.json").exists()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-000004"
-    second = _snakemake(killed, "--cores", "1", RUNS, "--configfile", cfg, "--rerun-incomplete")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert json.loads((run / "summary.json").read_text())["resumed_from"] == 4
-
-    clean = _workspace(tmp_path / "clean")
-    assert _snakemake(clean, "--cores", "1", RUNS, "--configfile", _one_run_config(clean)).returncode == 0
-    a = pd.read_csv(killed / "results/lm/runs.csv").drop(columns=["run_dir"])
-    b = pd.read_csv(clean / "results/lm/runs.csv").drop(columns=["run_dir"])
-    pd.testing.assert_frame_equal(a, b)
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def _env(extra_env: dict) -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env}
 
 
-def snakemake(cwd: Path, *args: str, timeout: int = 900, **extra_env: str) -> subprocess.CompletedProcess:
+def snakemake(cwd: Path, *args: str, timeout: int = 1800, **extra_env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, env=_env(extra_env), capture_output=True, text=True,
         timeout=timeout,
