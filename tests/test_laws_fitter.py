@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from repro.laws.fits import bootstrap_power_law, fit_all, fit_linear_law, fit_power_law, fits_table
-from repro.laws.powerlaw import FAMILIES, fit_family, to_raw_units
+from repro.laws.powerlaw import BOOTSTRAP_STARTS, FAMILIES, fit_family, to_raw_units
 
 TRUE = {
     "joint": {"E": 2.0, "A": 0.05, "alpha": 0.15, "beta": 0.35},
@@ -97,7 +97,7 @@ def test_bootstrap_fits_each_multiset_of_runs_once_and_counts_every_draw(monkeyp
             failed += 1
             continue
         x1, x2 = sample["trainable_params"] / p_ref, sample["step"] / n_ref
-        draws.append(fit_family(fam, x1, x2, sample["y"], extra_starts=[start]).theta)
+        draws.append(fit_family(fam, x1, x2, sample["y"], n_starts=BOOTSTRAP_STARTS, extra_starts=[start]).theta)
     assert boot["bootstrap_ok"] == len(draws) and boot["bootstrap_failed"] == failed > 0
     lo, hi = np.percentile(np.array(draws), [2.5, 97.5], axis=0)
     for p, a, b in zip(fam.params, lo, hi):

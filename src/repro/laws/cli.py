@@ -20,7 +20,8 @@ def cmd_fit(args) -> int:
     check_columns(args.runs, REQUIRED_COLUMNS)
     check_columns(args.steps, STEP_COLUMNS)
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
-                     cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs)
+                     cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs,
+                     bootstrap_starts=cfg["bootstrap_starts"])
     kill_point("fit_laws:after-fits")
     by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
     atomic_write_text(Path(args.out) / "gradnorm_by_rank.csv", by_rank.to_csv(index=False))
@@ -88,7 +89,8 @@ def cmd_fit_table(args) -> int:
     try:
         result = fit_table(args.csv, args.x1, args.x2, args.y, args.family, drop_highest=args.drop_highest,
                            bootstrap=args.bootstrap, seed=args.seed, drop_invalid=args.drop_invalid,
-                           n_starts=args.n_starts, cluster=args.cluster, progress=True)
+                           n_starts=args.n_starts, cluster=args.cluster, progress=True,
+                           bootstrap_starts=args.bootstrap_starts)
     except TableError as exc:
         raise SystemExit(f"repro laws fit-table: {exc}") from None
     write_json(result, args.json)
@@ -183,7 +185,9 @@ def register(sub) -> None:
                    help="leave out rows with a missing, non-positive or non-finite value instead of refusing")
     p.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap resamples for intervals")
     p.add_argument("--cluster", help="column whose groups are resampled whole (default: single rows)")
-    p.add_argument("--n-starts", type=int, default=8, help="starting points of every fit (default 8)")
+    p.add_argument("--n-starts", type=int, default=8, help="starting points of the fit (default 8)")
+    p.add_argument("--bootstrap-starts", type=int,
+                   help="grid starts of each bootstrap refit, besides the fit's optimum (default: laws.bootstrap_starts's, 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", required=True, type=Path, help="output JSON")
     p.set_defaults(func=cmd_fit_table)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .fits import GROUP, RUN
-from .powerlaw import FAMILIES, fit_family, log_metrics, percentile_intervals
+from .powerlaw import BOOTSTRAP_STARTS, FAMILIES, fit_family, log_metrics, percentile_intervals
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _fit_design(args) -> list[dict]:
             rows = np.concatenate([runs[i] for i in rng.integers(0, len(runs), len(runs))])
             if len(np.unique(P[rows])) < 2:
                 continue
-            res = fit_family(fam, P[rows], N[rows], y[rows], n_starts=n_starts, extra_starts=[best.theta])
+            res = fit_family(fam, P[rows], N[rows], y[rows], n_starts=BOOTSTRAP_STARTS, extra_starts=[best.theta])
             if res is not None:
                 draws.append(res.theta)
         ci = percentile_intervals(np.array(draws), fam.params) if len(draws) >= 10 else {}

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..io import atomic_write_text, json_default
 from .powerlaw import (
+    BOOTSTRAP_STARTS,
     FAMILIES,
     FIT_LOSS,
     Family,
@@ -231,12 +232,12 @@ def fit_power_law(
 
 def bootstrap_power_law(
     df: pd.DataFrame, target: str, family: Family, theta: dict, p_ref: float, n_ref: float,
-    resamples: int = 200, seed: int = 0, n_starts: int = 8,
+    resamples: int = 200, seed: int = 0, n_starts: int = BOOTSTRAP_STARTS,
 ) -> dict:
     """Percentile 95 % intervals by resampling runs with replacement (whole trajectories).
 
-    Each resample is refitted by the same many-start procedure as the full data (grid starts), plus the
-    full-data optimum as one more start, so a resample is never stuck where the full fit would not be.
+    Each resample is refitted by the same procedure as the full data from the full-data optimum and its
+    own ``n_starts`` best grid points, so a resample is never stuck where the full fit would not be.
     """
     data = df[df["step"] > 0].dropna(subset=[target])
     runs = [g for _, g in data.groupby(RUN)]
@@ -300,7 +301,8 @@ def matched_forgetting(df: pd.DataFrame, levels: int = 5) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ driver
 def fit_all(runs: pd.DataFrame, families: list[str], targets: list[str], holdout_last: int,
-            resamples: int, seed: int, n_starts: int = 8, jobs: int = 1) -> tuple[list[dict], pd.DataFrame]:
+            resamples: int, seed: int, n_starts: int = 8, jobs: int = 1,
+            bootstrap_starts: int = BOOTSTRAP_STARTS) -> tuple[list[dict], pd.DataFrame]:
     """Every fit of every (model, dataset, method); ``jobs`` worker processes share the bootstraps."""
     fits, matched, boot_tasks = [], [], []
     for key, group in runs.groupby(GROUP):
@@ -316,7 +318,7 @@ def fit_all(runs: pd.DataFrame, families: list[str], targets: list[str], holdout
                 c["chosen"] = c is best
                 if c["status"] == "ok":
                     boot_tasks.append((c, (group, target, c["family"], c["params"], c["p_ref"], c["n_ref"],
-                                           resamples, seed, n_starts)))
+                                           resamples, seed, bootstrap_starts)))
                 fits.append(c)
         m = matched_forgetting(group)
         if len(m):
@@ -389,7 +391,8 @@ def fitted_curves(fits: list[dict], runs: pd.DataFrame, points: int = 100) -> pd
 
 
 def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[str], holdout_last: int,
-             resamples: int, seed: int, n_starts: int = 8, jobs: int = 1) -> pd.DataFrame:
+             resamples: int, seed: int, n_starts: int = 8, jobs: int = 1,
+             bootstrap_starts: int = BOOTSTRAP_STARTS) -> pd.DataFrame:
     runs = pd.read_csv(runs_csv)
     missing = [c for c in (*GROUP, *RUN, "step", "trainable_params", "loss_ft", "loss_forget") if c not in runs]
     if missing:
@@ -397,7 +400,7 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"laws.families: unknown {unknown} (known: {sorted(FAMILIES)})")
-    fits, matched = fit_all(runs, families, targets, holdout_last, resamples, seed, n_starts, jobs)
+    fits, matched = fit_all(runs, families, targets, holdout_last, resamples, seed, n_starts, jobs, bootstrap_starts)
     out_dir = Path(out_dir)
     # Stale JSONs (e.g. of a family no longer configured) would be read by the figures and tables.
     shutil.rmtree(out_dir / "fits", ignore_errors=True)

@@ -28,6 +28,12 @@ import numpy as np
 from scipy import optimize
 
 HUBER_DELTA = 1e-3
+# Grid starts of a bootstrap refit, besides the full-data optimum it always starts from too. A resample
+# moves the optimum little, so its refit needs far fewer starts than the fit that found it: on 10
+# replicates x 2 exponents of each family (tests/test_laws_fitter.py's data, 20 resamples), 3 grid starts
+# gave the percentile intervals of 8 to within 7e-6 of their width (median 3e-8) in 1/4 of the time
+# (joint, additive; the shifted family's grid search dominates, 1.3x).
+BOOTSTRAP_STARTS = 3
 EXPONENT_BOUND = 3.0
 N0_BOUND = 50.0
 FIT_LOSS = "huber-log"
@@ -146,17 +152,19 @@ def _grid_starts(family: Family, x1, x2, y, logy, n_starts: int, delta: float) -
     with np.errstate(all="ignore"):
         feats = family.features(nl, x1[None, :], x2[None, :])                      # (G, n, m)
         X = np.concatenate([np.ones(feats.shape[:2] + (1,)), feats], axis=2)      # (G, n, m+1)
-        # Columns scaled to unit norm so the normal equations stay well conditioned at extreme exponents.
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        # Batched BLAS products (einsum's loops cost as much as the rest of the search), with the columns
+        # scaled to unit norm afterwards so the normal equations stay well conditioned at extreme exponents.
+        XT = X.transpose(0, 2, 1)
+        gram = XT @ X                                                              # (G, m+1, m+1)
+        norms = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))                        # (G, m+1)
         norms[~np.isfinite(norms) | (norms == 0)] = 1.0
-        Xs = X / norms
-        XtX = np.einsum("gni,gnj->gij", Xs, Xs) + 1e-12 * np.eye(X.shape[2])
-        Xty = np.einsum("gni,n->gi", Xs, y)
+        XtX = gram / (norms[:, :, None] * norms[:, None, :]) + 1e-12 * np.eye(X.shape[2])
+        Xty = (XT @ y) / norms
         ok = np.all(np.isfinite(XtX), axis=(1, 2)) & np.all(np.isfinite(Xty), axis=1)
         coef = np.full(Xty.shape, np.nan)
         coef[ok] = np.linalg.solve(XtX[ok], Xty[ok][..., None])[..., 0]
-        coef = coef / norms[:, 0, :]
-        pred = np.einsum("gni,gi->gn", X, coef)
+        coef = coef / norms
+        pred = (X @ coef[..., None])[..., 0]
         valid = ok & np.all(pred > 0, axis=1) & np.all(np.isfinite(pred), axis=1)
         score = np.full(len(pred), np.inf)
         score[valid] = huber(np.log(pred[valid]) - logy[None, :], delta).sum(axis=1)

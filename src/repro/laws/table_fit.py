@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..io import atomic_write_text, json_default
 from .powerlaw import (
+    BOOTSTRAP_STARTS,
     FAMILIES,
     FIT_LOSS,
     HUBER_DELTA,
@@ -63,11 +64,13 @@ def load_table(csv: Path, x1: str, x2: str, y: str, drop_invalid: bool = False,
 
 def fit_table(csv: Path, x1: str, x2: str, y: str, family: str, drop_highest: int = 0, bootstrap: int = 0,
               seed: int = 0, drop_invalid: bool = False, n_starts: int = 8, cluster: str | None = None,
-              progress: bool = False) -> dict:
+              progress: bool = False, bootstrap_starts: int | None = None) -> dict:
     if family not in FAMILIES:
         raise TableError(f"--family: unknown {family!r} (known: {sorted(FAMILIES)})")
     if drop_highest < 0:
         raise TableError(f"--drop-highest must be >= 0, got {drop_highest}")
+    if bootstrap_starts is not None and bootstrap_starts < 1:
+        raise TableError(f"--bootstrap-starts must be >= 1, got {bootstrap_starts}")
     t0 = time.perf_counter()
     fam = FAMILIES[family]
     data, invalid = load_table(csv, x1, x2, y, drop_invalid, cluster)
@@ -112,13 +115,15 @@ def fit_table(csv: Path, x1: str, x2: str, y: str, family: str, drop_highest: in
         "ci": {},
     }
     if bootstrap:
-        out.update(_bootstrap(fam, data, x1_ref, x2_ref, fit, bootstrap, seed, n_starts, progress))
+        out.update(_bootstrap(fam, data, x1_ref, x2_ref, fit, bootstrap, seed,
+                              BOOTSTRAP_STARTS if bootstrap_starts is None else bootstrap_starts, progress))
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
 def _bootstrap(fam, data, x1_ref, x2_ref, fit, resamples, seed, n_starts, progress) -> dict:
-    """Percentile intervals over resampled rows (or whole clusters), each refitted from as many starts."""
+    """Percentile intervals over resampled rows (or whole clusters), each refitted from the full-data
+    optimum and ``n_starts`` grid points of its own."""
     from tqdm.auto import tqdm
 
     groups = ([np.flatnonzero(data["cluster"].to_numpy() == c) for c in dict.fromkeys(data["cluster"])]
