@@ -116,8 +116,10 @@ FAMILIES: dict[str, Family] = {
 
 
 def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    # One expression for both branches: h = |r| below delta gives r^2 / 2, h = delta above it the linear part.
     a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
+    h = np.minimum(a, delta)
+    return h * (a - 0.5 * h)
 
 
 def _residuals(family: Family, x1, x2, logy):
@@ -149,8 +151,14 @@ def _grid_starts(family: Family, x1, x2, y, logy, n_starts: int, delta: float) -
     """Variable projection: linear coefficients exact on a grid of the nonlinear ones, best distinct points."""
     mesh = np.meshgrid(*(family.grid[p] for p in family.nonlinear), indexing="ij")
     nl = {p: m.reshape(-1, 1) for p, m in zip(family.nonlinear, mesh)}
+    # Each grid axis on its own array axis: a feature's powers are taken once per value of the parameters
+    # it depends on, and broadcasting forms the grid (x1^alpha is not recomputed for every beta and N0).
+    k = len(family.nonlinear)
+    axes = {p: family.grid[p].reshape([-1 if i == j else 1 for j in range(k)] + [1])
+            for i, p in enumerate(family.nonlinear)}
     with np.errstate(all="ignore"):
-        feats = family.features(nl, x1[None, :], x2[None, :])                      # (G, n, m)
+        feats = family.features(axes, x1, x2)
+        feats = np.broadcast_to(feats, mesh[0].shape + (len(x1), feats.shape[-1])).reshape(mesh[0].size, len(x1), -1)
         X = np.concatenate([np.ones(feats.shape[:2] + (1,)), feats], axis=2)      # (G, n, m+1)
         # Batched BLAS products (einsum's loops cost as much as the rest of the search), with the columns
         # scaled to unit norm afterwards so the normal equations stay well conditioned at extreme exponents.
