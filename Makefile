@@ -33,9 +33,12 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	  echo "$(LOCK) is for Python $(LOCK_PYTHON); $(VENV) has $$($(BIN)/python -V)."; \
 	  echo "Remove $(VENV) and run: make setup PYTHON=python$(LOCK_PYTHON)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) $(PIP_ARGS) 2>/dev/null || { \
+	$(BIN)/python -m pip install --quiet --no-compile --require-hashes -r $(LOCK) $(PIP_ARGS) 2>/dev/null || { \
 	  echo "torch's CPU build not found in pip's configured sources: adding $(TORCH_CPU_INDEX)"; \
-	  $(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
+	  $(BIN)/python -m pip install --quiet --no-compile --require-hashes -r $(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
+	@# Bytecode on every core (pip compiles one file at a time: 1 min 51 s against 37 s + 41 s on two cores).
+	@# Like pip, it passes over the few files written for newer Pythons (torch's test helpers).
+	@echo "compiling bytecode"; $(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null 2>&1 || true
 	@extra=$$(PYTHONPATH=src $(BIN)/python -m repro.envs extraneous) && \
 	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(BIN)/python -m pip uninstall --quiet -y $$extra; fi
 	$(BIN)/python -m pip install --quiet --no-deps -e .
