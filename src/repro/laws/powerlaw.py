@@ -31,8 +31,8 @@ HUBER_DELTA = 1e-3
 # Grid starts of a bootstrap refit, besides the full-data optimum it always starts from too. A resample
 # moves the optimum little, so its refit needs far fewer starts than the fit that found it: on 10
 # replicates x 2 exponents of each family (tests/test_laws_fitter.py's data, 20 resamples), 3 grid starts
-# gave the percentile intervals of 8 to within 7e-6 of their width (median 3e-8) in 1/4 of the time
-# (joint, additive; the shifted family's grid search dominates, 1.3x).
+# gave the percentile intervals of 8 to within 7e-6 of their width (median under 1e-7), 3.2x (joint) and
+# 4.5x (additive) faster, 1.5x for shifted, whose grid search dominates (benchmarks/bootstrap_starts.py).
 BOOTSTRAP_STARTS = 3
 EXPONENT_BOUND = 3.0
 N0_BOUND = 50.0
