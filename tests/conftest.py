@@ -95,9 +95,9 @@ def slurm(tmp_path_factory):
 
 
 # Under pytest-xdist (make test) a module's tests run on one worker, modules in this order. The longest
-# chain goes first: the SLURM test starts its cluster run and builds the shared test-preset run while
-# that one waits on the cluster, so both start at once while the other worker takes the long CPU-bound modules;
-# modules that read the shared run come last, when it is ready. Run alone, the order changes nothing.
+# chain goes first: the SLURM test builds the shared test-preset run and then waits on its cluster jobs,
+# while the other worker takes the long CPU-bound modules; modules that read the shared run come last,
+# when it is ready. Run alone, the order changes nothing.
 FIRST_MODULES = ("test_slurm.py", "test_laws_fitter.py", "test_compression_enumeration.py",
                  "test_compression_sat.py", "test_step.py")
 

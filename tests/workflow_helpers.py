@@ -38,35 +38,6 @@ def snakemake(cwd: Path, *args: str, timeout: int = 1800, **extra_env: str) -> s
     )
 
 
-class BackgroundSnakemake:
-    """Snakemake started in the background, so a test can do other work while it runs (its output goes
-    to files, not pipes, so a long log cannot block it); ``wait`` gives what :func:`snakemake` would."""
-
-    def __init__(self, cwd: Path, *args: str, **extra_env: str):
-        self.args = [str(BIN / "snakemake"), *args]
-        self.stdout = (cwd / ".snakemake-test.out").open("w+")
-        self.stderr = (cwd / ".snakemake-test.err").open("w+")
-        self.proc = subprocess.Popen(self.args, cwd=cwd, env=_env(extra_env), stdout=self.stdout,
-                                     stderr=self.stderr, text=True)
-
-    def wait(self, timeout: int) -> subprocess.CompletedProcess:
-        try:
-            returncode = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        finally:  # the logs are read and closed on a timeout too
-            out, err = (_read_and_close(stream) for stream in (self.stdout, self.stderr))
-        return subprocess.CompletedProcess(self.args, returncode, out, err)
-
-
-def _read_and_close(stream) -> str:
-    with stream:
-        stream.seek(0)
-        return stream.read()
-
-
 def tiny_run_spec(**overrides):
     """A fine-tuning run of the tiny test model: 8 steps of 2 examples, resume state every 3 steps."""
     from repro.lm.finetune import RunSpec
