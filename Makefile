@@ -18,16 +18,20 @@ LOCK_PYTHON := 3.11
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # Where `make lock` finds torch's CPU build (e.g. TORCH_SOURCE='--find-links DIR' for a local wheelhouse).
 TORCH_SOURCE ?= --torch-backend cpu
-# Extra pip options of `make setup` (e.g. PIP_ARGS='--find-links DIR').
+# Extra package sources for `make setup`, as pip and uv both spell them (e.g. PIP_ARGS='--find-links DIR').
 PIP_ARGS ?=
-# Installed files `make setup` leaves uncompiled: imported by no rule (a model of another architecture
-# than Llama, a package's own tests); importing one still works, from source.
-NOT_COMPILED := /tests?/|/testing/_internal/|/transformers/models/(?!auto/|llama/)[^/]+/
+# Installed files `make setup` leaves uncompiled: imported by no rule (a package's own tests, transformers'
+# models other than Llama and the two peft reads); importing one still works, from source.
+NOT_COMPILED := /tests?/|/transformers/models/(?!auto/|llama/|bloom/|encoder_decoder/)[^/]+/
 
-# Idempotent: the venv is synced to the lock only when the lock or pyproject.toml changes. pip installs
-# exactly the locked files (hashes checked); torch's CPU build comes from pip's configured sources, else
-# from the PyTorch index; then anything the lock does not list is removed, and the package goes in
-# without dependencies.
+# Idempotent: the venv is synced to the lock only when the lock or pyproject.toml changes. uv installs
+# exactly the locked files (hashes checked) from the sources pip is configured with (pip.conf, PIP_*;
+# uv reads neither, so repro.bootstrap hands them over), in parallel: 20 s against pip's 65 s here. pip
+# installs uv itself, hash-checked from the lock. torch's CPU build comes from those sources, else from
+# the PyTorch index; then anything the lock does not list is removed, and the package goes in without
+# dependencies.
+UV_PIP := $(BIN)/uv pip --quiet --python $(BIN)/python
+UV_SOURCES = $$(PYTHONPATH=src $(BIN)/python -m repro.bootstrap uv-sources)
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -35,19 +39,20 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(LOCK_PYTHON)".split("."))))' || { \
 	  echo "$(LOCK) is for Python $(LOCK_PYTHON); $(VENV) has $$($(BIN)/python -V)."; \
 	  echo "Remove $(VENV) and run: make setup PYTHON=python$(LOCK_PYTHON)"; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile --require-hashes -r $(LOCK) $(PIP_ARGS) 2>/dev/null || { \
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes \
+	  -r <(PYTHONPATH=src $(BIN)/python -m repro.bootstrap pin uv $(LOCK)) $(PIP_ARGS)
+	$(UV_PIP) install --require-hashes -r $(LOCK) $(UV_SOURCES) $(PIP_ARGS) 2>/dev/null || { \
 	  echo "torch's CPU build not found in pip's configured sources: adding $(TORCH_CPU_INDEX)"; \
-	  $(BIN)/python -m pip install --quiet --no-compile --require-hashes -r $(LOCK) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
-	@# Bytecode on every core (pip compiles one file at a time: 1 min 51 s against 37 s + 41 s on two cores),
-	@# for what the pipeline can import: not the packages' own test suites, nor transformers' model code
-	@# for other architectures than Llama (a third of the bytes; 60 s against 41 s). Like pip, it passes
-	@# over the few files written for newer Pythons (torch's test helpers).
+	  $(UV_PIP) install --require-hashes -r $(LOCK) $(UV_SOURCES) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
+	@# Bytecode on every core, for what the pipeline can import: not the packages' own test suites, nor
+	@# transformers' model code for other architectures (a third of the bytes: 42 s against 60 s here).
+	@# Like pip, it passes over the few files written for newer Pythons (torch's test helpers).
 	@echo "compiling bytecode"; $(BIN)/python -m compileall -q -j 0 -x '$(NOT_COMPILED)' \
 	  $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null 2>&1 || true
 	@extra=$$(PYTHONPATH=src $(BIN)/python -m repro.envs extraneous) && \
-	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(BIN)/python -m pip uninstall --quiet -y $$extra; fi
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(UV_PIP) uninstall $$extra; fi
+	@# The build backend (setuptools) is in the lock: no isolated build environment to fetch.
+	$(UV_PIP) install --no-deps --no-build-isolation -e .
 	@touch $@
 
 # Recompile the lock from pyproject.toml (uv comes with the test extra), then the conda envs from the lock.
