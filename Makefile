@@ -30,7 +30,7 @@ NOT_COMPILED := /tests?/|/transformers/models/(?!auto/|llama/|bloom/|encoder_dec
 # installs uv itself, hash-checked from the lock. torch's CPU build comes from those sources, else from
 # the PyTorch index; then anything the lock does not list is removed, and the package goes in without
 # dependencies.
-UV_PIP := $(BIN)/uv pip --quiet --python $(BIN)/python
+UV_INSTALL := $(BIN)/uv pip install --quiet --python $(BIN)/python
 UV_SOURCES = $$(PYTHONPATH=src $(BIN)/python -m repro.bootstrap uv-sources)
 setup: $(VENV)/.installed
 
@@ -41,18 +41,18 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	  echo "Remove $(VENV) and run: make setup PYTHON=python$(LOCK_PYTHON)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes \
 	  -r <(PYTHONPATH=src $(BIN)/python -m repro.bootstrap pin uv $(LOCK)) $(PIP_ARGS)
-	$(UV_PIP) install --require-hashes -r $(LOCK) $(UV_SOURCES) $(PIP_ARGS) 2>/dev/null || { \
+	$(UV_INSTALL) --require-hashes -r $(LOCK) $(UV_SOURCES) $(PIP_ARGS) 2>/dev/null || { \
 	  echo "torch's CPU build not found in pip's configured sources: adding $(TORCH_CPU_INDEX)"; \
-	  $(UV_PIP) install --require-hashes -r $(LOCK) $(UV_SOURCES) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
+	  $(UV_INSTALL) --require-hashes -r $(LOCK) $(UV_SOURCES) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
 	@# Bytecode on every core, for what the pipeline can import: not the packages' own test suites, nor
 	@# transformers' model code for other architectures (a third of the bytes: 42 s against 60 s here).
 	@# Like pip, it passes over the few files written for newer Pythons (torch's test helpers).
 	@echo "compiling bytecode"; $(BIN)/python -m compileall -q -j 0 -x '$(NOT_COMPILED)' \
 	  $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null 2>&1 || true
 	@extra=$$(PYTHONPATH=src $(BIN)/python -m repro.envs extraneous) && \
-	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(UV_PIP) uninstall $$extra; fi
+	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(BIN)/uv pip uninstall --quiet --python $(BIN)/python $$extra; fi
 	@# The build backend (setuptools) is in the lock: no isolated build environment to fetch.
-	$(UV_PIP) install --no-deps --no-build-isolation -e .
+	$(UV_INSTALL) --no-deps --no-build-isolation -e .
 	@touch $@
 
 # Recompile the lock from pyproject.toml (uv comes with the test extra), then the conda envs from the lock.
