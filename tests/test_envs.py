@@ -157,3 +157,39 @@ def test_every_rule_env_lists_the_distributions_its_command_imports():
     assert "torch" not in imported["envs/compression.yaml"]
     missing = {env: sorted((imported[env] & project) - env_packages(REPO / env)) for env in envs}
     assert {env: lacking for env, lacking in missing.items() if lacking} == {}
+
+
+def test_uv_gets_pips_sources_with_pips_precedence():
+    from repro.bootstrap import pip_sources, uv_options
+
+    listing = "\n".join([
+        "global.cert='/etc/ssl/certs/ca.crt'",
+        "global.index-url='https://mirror.example/simple'",
+        "global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'",
+        "global.find-links='/opt/global-wheels'",
+        "install.find-links='/opt/install-wheels'",
+        ":env:.extra-index-url='https://env.example/simple'",
+    ])
+    assert pip_sources(listing) == {"index-url": ["https://mirror.example/simple"],
+                                    "extra-index-url": ["https://env.example/simple"],  # the environment wins
+                                    "find-links": ["/opt/install-wheels"]}  # [install] over [global]
+    args = uv_options(pip_sources(listing))
+    assert args[args.index("--index-url") + 1] == "https://mirror.example/simple"
+    assert args.count("--extra-index-url") == 1 and args.count("--find-links") == 1
+    assert args[-2:] == ["--index-strategy", "unsafe-best-match"]
+    assert uv_options(pip_sources("global.cert='/x'")) == ["--index-strategy", "unsafe-best-match"]
+
+
+def test_bootstrap_pin_is_the_locks_requirement_with_all_its_hashes():
+    from repro.bootstrap import lock_stanza
+
+    lock = REPO / "requirements-lock.txt"
+    stanza = lock_stanza(lock, "uv").splitlines()
+    text = lock.read_text()
+    block = text[text.index("\nuv==") + 1:]
+    block = block[: block.index("    #")]
+    assert stanza[0] == block.splitlines()[0] and re.match(r"uv==[\d.]+ \\$", stanza[0])
+    assert len(stanza) - 1 == block.count("--hash=sha256:") >= 1
+    assert all(line.strip().startswith("--hash=sha256:") for line in stanza[1:]) and not stanza[-1].endswith("\\")
+    with pytest.raises(SystemExit, match="no pin for not-a-package"):
+        lock_stanza(lock, "not-a-package")
