@@ -38,14 +38,18 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def instruct0():
-    return build_stdlib_instruct(dict(SPEC), seed=0)
-
-
-@pytest.fixture(scope="module")
 def docstring_items():
     """The stdlib docstring items, parsed once for the tests that only vary split/sampling."""
     return list(D.iter_docstring_items())
+
+
+@pytest.fixture(scope="module")
+def instruct0(docstring_items):
+    # Built from the items parsed above; test_stdlib_instruct_same_seed_identical builds it again from a
+    # fresh parse of the standard library.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "iter_docstring_items", lambda: iter(docstring_items))
+        return build_stdlib_instruct(dict(SPEC), seed=0)
 
 
 @pytest.fixture
