@@ -312,8 +312,20 @@ def test_gpu_preset_step_settings_train_on_cpu(tiny_model_dir, instruct_rows, tm
 
 @pytest.mark.slow
 def test_gpu_preset_step_settings_train_on_cpu_compiled(tiny_model_dir, instruct_rows, tmp_path):
-    spec = _gpu_preset_spec(True, compile=True, gradient_checkpointing=True)
+    # The graphs the CUDA presets compile (decoder layers with LoRA, bf16 autocast, checkpointing,
+    # dynamic shapes), captured forward and backward. aot_eager runs them with eager kernels: on CUDA
+    # inductor would generate Triton kernels, which a CPU cannot run; the C++ kernels it generates for
+    # a CPU instead take gcc about a minute and a half on two cores from a cold cache, and show nothing
+    # about the GPU path.
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    spec = _gpu_preset_spec(True, compile=True, gradient_checkpointing=True, compile_backend="aot_eager")
+    assert spec.step_options().compile_backend == "aot_eager"
     log = _check_gpu_preset_run(spec, tiny_model_dir, instruct_rows, tmp_path / "compiled")
+    # Dynamo traced the layers into graphs without falling back to eager Python.
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["aot_autograd"]["total"] >= 1
     eager = _check_gpu_preset_run(_gpu_preset_spec(True, compile=False, gradient_checkpointing=True),
                                   tiny_model_dir, instruct_rows, tmp_path / "eager")
     # Compiled layers compute the same step as eager ones (bf16: up to rounding).

@@ -81,13 +81,14 @@ class RunSpec:
     fused_optimizer: bool = True
     gradient_checkpointing: bool = False
     sync_every: int = 32
+    compile_backend: str = "inductor"
 
     def step_options(self, device: str | None = None) -> StepOptions:
         return StepOptions(fast_loss=self.fast_loss, packing=self.packing, pad_to_multiple=self.pad_to_multiple,
                            autocast=resolve_autocast(self.autocast, device or self.device),
                            fused_cross_entropy=self.fused_cross_entropy,
                            fused_optimizer=self.fused_optimizer, gradient_checkpointing=self.gradient_checkpointing,
-                           compile=self.compile)
+                           compile=self.compile, compile_backend=self.compile_backend)
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, method: str, rank: int, lr: float, seed: int) -> RunSpec:
@@ -106,7 +107,7 @@ class RunSpec:
 
 # Keys of the config's finetune section that choose how a step is computed (RunSpec fields).
 STEP_KEYS = ("packing", "pad_to_multiple", "autocast", "fused_cross_entropy", "fused_optimizer",
-             "gradient_checkpointing", "sync_every")
+             "gradient_checkpointing", "sync_every", "compile_backend")
 
 
 def build_adapter_model(base_model, method: str, rank: int, alpha: float, dropout: float, target_modules):

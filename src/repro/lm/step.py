@@ -40,6 +40,7 @@ class StepOptions:
     fused_optimizer: bool = True
     gradient_checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,16 +258,16 @@ def prepare_model(model, options: StepOptions) -> None:
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if options.compile:
-        compile_decoder_layers(model)
+        compile_decoder_layers(model, options.compile_backend)
 
 
-def compile_decoder_layers(model) -> int:
+def compile_decoder_layers(model, backend: str = "inductor") -> int:
     """torch.compile each decoder layer (regional compilation): the layers share one compiled graph,
     so compiling costs about one layer's worth of tracing, not the whole model's."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = base.get_decoder().layers
     for layer in layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, backend=backend)
     return len(layers)
 
 
