@@ -54,3 +54,24 @@ def test_hf_source_refuses_pickled_weights(tiny_model_dir, tmp_path):
 def test_load_model_names_a_directory_that_was_never_fetched(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_model(tmp_path)
+
+
+def test_gguf_conversion_reads_each_file_once_and_leaves_gguf_as_it_was(tmp_path):
+    import gguf
+
+    from repro.lm.models import _gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    before = (gguf.GGUFReader, gguf.get_tensor_name_map)
+    with _gguf_read_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and first.fields["llama.block_count"].parts[-1][0] == 2
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == before
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)
