@@ -26,12 +26,12 @@ NOT_COMPILED := /tests?/|/transformers/models/(?!auto/|llama/|bloom/|encoder_dec
 
 # Idempotent: the venv is synced to the lock only when the lock or pyproject.toml changes. uv installs
 # exactly the locked files (hashes checked) from the sources pip is configured with (pip.conf, PIP_*;
-# uv reads neither, so repro.bootstrap hands them over), in parallel: 20 s against pip's 65 s here. pip
+# uv reads neither, so repro.envs hands them over), in parallel: 15 s against pip's 65 s here. pip
 # installs uv itself, hash-checked from the lock. torch's CPU build comes from those sources, else from
 # the PyTorch index; then anything the lock does not list is removed, and the package goes in without
 # dependencies.
-UV_INSTALL := $(BIN)/uv pip install --quiet --python $(BIN)/python
-UV_SOURCES = $$(PYTHONPATH=src $(BIN)/python -m repro.bootstrap uv-sources)
+UV_ON_VENV := --quiet --python $(BIN)/python
+UV_SOURCES = $$(PYTHONPATH=src $(BIN)/python -m repro.envs uv-sources)
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -40,19 +40,19 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	  echo "$(LOCK) is for Python $(LOCK_PYTHON); $(VENV) has $$($(BIN)/python -V)."; \
 	  echo "Remove $(VENV) and run: make setup PYTHON=python$(LOCK_PYTHON)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes \
-	  -r <(PYTHONPATH=src $(BIN)/python -m repro.bootstrap pin uv $(LOCK)) $(PIP_ARGS)
-	$(UV_INSTALL) --require-hashes -r $(LOCK) $(UV_SOURCES) $(PIP_ARGS) 2>/dev/null || { \
+	  -r <(PYTHONPATH=src $(BIN)/python -m repro.envs pin uv) $(PIP_ARGS)
+	$(BIN)/uv pip install $(UV_ON_VENV) --require-hashes -r $(LOCK) $(UV_SOURCES) $(PIP_ARGS) 2>/dev/null || { \
 	  echo "torch's CPU build not found in pip's configured sources: adding $(TORCH_CPU_INDEX)"; \
-	  $(UV_INSTALL) --require-hashes -r $(LOCK) $(UV_SOURCES) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
+	  $(BIN)/uv pip install $(UV_ON_VENV) --require-hashes -r $(LOCK) $(UV_SOURCES) --extra-index-url $(TORCH_CPU_INDEX) $(PIP_ARGS); }
 	@# Bytecode on every core, for what the pipeline can import: not the packages' own test suites, nor
 	@# transformers' model code for other architectures (a third of the bytes: 42 s against 60 s here).
 	@# Like pip, it passes over the few files written for newer Pythons (torch's test helpers).
 	@echo "compiling bytecode"; $(BIN)/python -m compileall -q -j 0 -x '$(NOT_COMPILED)' \
 	  $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null 2>&1 || true
 	@extra=$$(PYTHONPATH=src $(BIN)/python -m repro.envs extraneous) && \
-	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(BIN)/uv pip uninstall --quiet --python $(BIN)/python $$extra; fi
+	  if [ -n "$$extra" ]; then echo "not in $(LOCK), removed: $$extra"; $(BIN)/uv pip uninstall $(UV_ON_VENV) $$extra; fi
 	@# The build backend (setuptools) is in the lock: no isolated build environment to fetch.
-	$(UV_INSTALL) --no-deps --no-build-isolation -e .
+	$(BIN)/uv pip install $(UV_ON_VENV) --no-deps --no-build-isolation -e .
 	@touch $@
 
 # Recompile the lock from pyproject.toml (uv comes with the test extra), then the conda envs from the lock.

@@ -160,7 +160,7 @@ def test_every_rule_env_lists_the_distributions_its_command_imports():
 
 
 def test_uv_gets_pips_sources_with_pips_precedence():
-    from repro.bootstrap import pip_sources, uv_options
+    from repro.envs import pip_sources, uv_options
 
     listing = "\n".join([
         "global.cert='/etc/ssl/certs/ca.crt'",
@@ -180,16 +180,29 @@ def test_uv_gets_pips_sources_with_pips_precedence():
     assert uv_options(pip_sources("global.cert='/x'")) == ["--index-strategy", "unsafe-best-match"]
 
 
-def test_bootstrap_pin_is_the_locks_requirement_with_all_its_hashes():
-    from repro.bootstrap import lock_stanza
+def test_setup_pin_is_the_locks_requirement_with_all_its_hashes():
+    from repro.envs import LockError, pin_requirement, read_lock
 
     lock = REPO / "requirements-lock.txt"
-    stanza = lock_stanza(lock, "uv").splitlines()
+    line = pin_requirement(read_lock(lock), "uv")
     text = lock.read_text()
     block = text[text.index("\nuv==") + 1:]
     block = block[: block.index("    #")]
-    assert stanza[0] == block.splitlines()[0] and re.match(r"uv==[\d.]+ \\$", stanza[0])
-    assert len(stanza) - 1 == block.count("--hash=sha256:") >= 1
-    assert all(line.strip().startswith("--hash=sha256:") for line in stanza[1:]) and not stanza[-1].endswith("\\")
-    with pytest.raises(SystemExit, match="no pin for not-a-package"):
-        lock_stanza(lock, "not-a-package")
+    version = re.match(r"uv==(\S+) ", block).group(1)
+    assert line.startswith(f"uv=={version} --hash=sha256:") and line.endswith("\n") and "\\" not in line
+    assert line.split()[1:] == re.findall(r"--hash=sha256:[0-9a-f]{64}", block) != []
+    with pytest.raises(LockError, match="no pin for not-a-package"):
+        pin_requirement(read_lock(lock), "not-a-package")
+
+
+def test_setup_helpers_run_before_anything_is_installed(tmp_path):
+    # make setup calls `pin` and `uv-sources` in a venv that has nothing yet: only the standard library.
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([str(python), "-m", "repro.envs", "pin", "uv"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.startswith("uv=="), res.stderr[-2000:]
+    res = subprocess.run([str(python), "-c", "import sys, repro.envs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('packaging', 'yaml')))"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr[-2000:]

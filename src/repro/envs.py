@@ -8,6 +8,12 @@ version, so ``make setup`` and ``snakemake --use-conda`` install the same versio
     python -m repro.envs write        # regenerate envs/*.yaml from the lock
     python -m repro.envs check        # lock <-> pyproject <-> envs agree (exit 1 and the reasons if not)
     python -m repro.envs extraneous   # installed distributions the lock does not list (make setup removes them)
+    python -m repro.envs pin NAME     # NAME's line of the lock with its hashes (make setup installs uv so)
+    python -m repro.envs uv-sources   # pip's configured package sources as uv options (make setup)
+
+`make setup` runs `pin` and `uv-sources` before anything is installed in the venv, so this module
+imports only the standard library at the top; `packaging` is imported where a requirement or a version
+is parsed.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-from packaging.version import Version
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_NAME = "requirements-lock.txt"
@@ -72,6 +79,11 @@ class Pin:
     hashes: list[str] = field(default_factory=list)
     via: list[str] = field(default_factory=list)  # canonical names of the locked packages that require it
     direct: bool = False            # required by pyproject.toml itself
+
+
+def canonicalize_name(name: str) -> str:
+    """PEP 503 normalised name (what packaging.utils.canonicalize_name returns for a valid name)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 class LockError(ValueError):
@@ -145,6 +157,7 @@ def _add_via(pin: Pin, item: str) -> None:
 
 def pyproject_requirements(pyproject: Path | None = None, extras: tuple[str, ...] = ("test",)) -> list[Requirement]:
     import tomllib  # Python 3.11+, like the lock
+    from packaging.requirements import Requirement
 
     data = tomllib.loads(Path(pyproject or ROOT / "pyproject.toml").read_text())
     project = data["project"]
@@ -206,6 +219,7 @@ def write_envs(env_dir: Path, pins: dict[str, Pin], python: str = LOCK_PYTHON) -
 def env_pins(env_file: Path) -> dict[str, str]:
     """``name -> version`` of the exact pins in an environment file's pip section."""
     import yaml
+    from packaging.requirements import Requirement
 
     spec = yaml.safe_load(Path(env_file).read_text())
     out = {}
@@ -224,6 +238,8 @@ def env_pins(env_file: Path) -> dict[str, str]:
 
 def check(root: Path | None = None) -> list[str]:
     """Every disagreement between pyproject.toml, the lock and envs/*.yaml (empty when they agree)."""
+    from packaging.version import Version
+
     root = Path(root or ROOT)
     problems = []
     pins = read_lock(lock_path(root))
@@ -296,9 +312,49 @@ def compare_installed(pins: dict[str, Pin], installed: dict[str, str] | None = N
     return {"missing": missing, "differ": differ, "extraneous": extra}
 
 
+def pin_requirement(pins: dict[str, Pin], name: str) -> str:
+    """``name``'s exact pin with its hashes, as a requirements file line for `pip install -r`."""
+    pin = pins.get(canonicalize_name(name))
+    if pin is None:
+        raise LockError(f"{LOCK_NAME}: no pin for {name}")
+    return f"{pin.name}=={pin.version} " + " ".join(f"--hash={h}" for h in pin.hashes) + "\n"
+
+
+# make setup installs with uv, which reads neither pip.conf nor PIP_* variables: the indexes and wheel
+# folders pip would use are handed to it, so both install the same hash-pinned files from the same places.
+# pip options that name where packages come from, and the uv option for each value.
+SOURCE_OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links"}
+# pip's precedence for one option: the install command's section over [global], the environment over both.
+SECTION_RANK = {"global": 0, "install": 1, ":env:": 2}
+
+
+def pip_sources(config_listing: str) -> dict[str, list[str]]:
+    """Effective source options from `pip config list` output (``section.option='value'`` lines)."""
+    best: dict[str, tuple[int, str]] = {}
+    for line in config_listing.splitlines():
+        m = re.match(r"([^.]*)\.([\w-]+)='(.*)'$", line.strip())
+        if not m or m.group(2) not in SOURCE_OPTIONS or m.group(1) not in SECTION_RANK:
+            continue
+        rank = SECTION_RANK[m.group(1)]
+        if m.group(2) not in best or rank >= best[m.group(2)][0]:
+            best[m.group(2)] = (rank, m.group(3))
+    return {option: value.split() for option, (_, value) in best.items()}
+
+
+def uv_options(sources: dict[str, list[str]]) -> list[str]:
+    args = []
+    for option, values in sources.items():
+        for value in values[:1] if option == "index-url" else values:
+            args += [SOURCE_OPTIONS[option], value]
+    # pip takes the best match across all its indexes; uv's default (the first index that has a package)
+    # would miss a version that only a later mirror holds. Every file is hash-pinned either way.
+    return args + ["--index-strategy", "unsafe-best-match"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.envs", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["write", "check", "extraneous"])
+    parser.add_argument("action", choices=["write", "check", "extraneous", "pin", "uv-sources"])
+    parser.add_argument("name", nargs="?", help="the package `pin` prints")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (lock, pyproject.toml, envs/)")
     args = parser.parse_args(argv)
     try:
@@ -313,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
             if not problems:
                 print(f"{LOCK_NAME}, pyproject.toml and envs/*.yaml agree")
             return 1 if problems else 0
+        if args.action == "pin":
+            if not args.name:
+                parser.error("pin needs the package's name")
+            sys.stdout.write(pin_requirement(read_lock(lock_path(args.root)), args.name))
+            return 0
+        if args.action == "uv-sources":
+            listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
+                                     text=True, check=True).stdout
+            print(" ".join(uv_options(pip_sources(listing))))
+            return 0
         print("\n".join(compare_installed(read_lock(lock_path(args.root)))["extraneous"]))
         return 0
     except LockError as exc:
