@@ -97,9 +97,14 @@ def slurm(tmp_path_factory):
 # Under pytest-xdist (make test) a module's tests run on one worker, modules in this order. The longest
 # chain goes first: the SLURM test builds the shared test-preset run and then waits on its cluster jobs,
 # while the other worker takes the long CPU-bound modules; modules that read the shared run come last,
-# when it is ready. Run alone, the order changes nothing.
+# when it is ready. Within those two groups the long modules go first (longest processing time first),
+# so that the suite ends on short modules and neither worker waits long for the other at the end. Run
+# alone, the order changes nothing.
 FIRST_MODULES = ("test_slurm.py", "test_laws_fitter.py", "test_compression_enumeration.py",
                  "test_compression_sat.py", "test_step.py")
+# 20-40 s each in a fresh clone on two cores (pytest --durations), longest first.
+LONG_MODULES = ("test_tracking.py", "test_paper.py", "test_default_model.py", "test_data.py", "test_envs.py",
+                "test_report.py", "test_wheel.py", "test_workflow.py", "test_teb.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -108,7 +113,8 @@ def pytest_collection_modifyitems(config, items):
     def rank(item):
         name = item.path.name
         if name in FIRST_MODULES:
-            return FIRST_MODULES.index(name)
-        return len(FIRST_MODULES) + (name in reads_shared_run)
+            return (FIRST_MODULES.index(name),)
+        long_first = LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+        return (len(FIRST_MODULES) + (name in reads_shared_run), long_first)
 
     items.sort(key=rank)  # stable: the order inside a module and within a rank is kept

@@ -66,6 +66,25 @@ def test_tiny_task_runs_through_lm_eval_with_score_and_stderr(tiny_lm, manager):
     assert cols["task_repro_heldout_text_n"] == 12
 
 
+def test_environment_report_is_collected_once_per_process(tiny_lm, manager, monkeypatch):
+    import lm_eval.evaluator
+    import lm_eval.loggers.utils
+    import torch.utils.collect_env
+
+    _, _, lm = tiny_lm
+    # lm-eval's own add_env_info, and a count of the collect_env runs (pip, git, drivers) it makes.
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lm_eval.loggers.utils.add_env_info)
+    collected = []
+    collect = torch.utils.collect_env.get_pretty_env_info
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: collected.append(1) or collect())
+    reports = [evals.simple_evaluate(model=lm, tasks=["repro_arithmetic"], task_manager=manager, limit=2,
+                                     bootstrap_iters=0, verbosity="WARNING")
+               for _ in range(3)]
+    assert len(collected) == 1
+    assert reports[0]["pretty_env_info"] and all(r["pretty_env_info"] == reports[0]["pretty_env_info"] for r in reports)
+    assert all(r["lm_eval_version"] == reports[0]["lm_eval_version"] for r in reports)
+
+
 def test_refusal_rate_through_both_engines_on_the_chat_template(tiny_lm):
     model, tokenizer, lm = tiny_lm
     prompts = evals.load_harmful_prompts(limit=3)

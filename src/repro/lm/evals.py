@@ -16,6 +16,7 @@ per model by a separate job and joined to each run's step-0 row when the tables 
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -227,11 +228,35 @@ def scores_from_results(results: dict, tasks: list[str]) -> dict[str, float]:
     return out
 
 
+def simple_evaluate(**kwargs) -> dict:
+    """lm-eval's ``simple_evaluate``, with its environment report collected once per process.
+
+    Every call ends in lm-eval's ``add_env_info``, which runs torch's ``collect_env``: pip, git and
+    driver queries in subprocesses, about half a CPU-second. A job evaluates several checkpoints (tasks
+    and safety for each) in one unchanging environment, so the report of the first call is reused.
+    """
+    from lm_eval import evaluator
+
+    if not getattr(evaluator.add_env_info, "collects_once", False):
+        evaluator.add_env_info = _collect_once(evaluator.add_env_info)
+    return evaluator.simple_evaluate(**kwargs)
+
+
+def _collect_once(add_env_info):
+    report: dict = {}
+
+    def add_env_info_once(storage: dict) -> None:
+        if not report:
+            add_env_info(report)
+        storage.update(copy.deepcopy(report))
+
+    add_env_info_once.collects_once = True
+    return add_env_info_once
+
+
 def run_tasks(lm, tasks: list[str], manager, limit: int | None = None, num_fewshot: int | None = None,
               bootstrap_iters: int = 1000) -> dict[str, float]:
     """Run lm-eval on ``lm`` (an HFLM) and return the tidy score columns."""
-    from lm_eval import simple_evaluate
-
     # The bootstrap pool would otherwise fork one process per core and break the job's thread budget.
     os.environ.setdefault("DISABLE_MULTIPROC", "1")
     results = simple_evaluate(
@@ -270,7 +295,6 @@ def refusal_task_config(prompts: list[str], keywords: list[str], max_new_tokens:
 
 def refusal_eval(model, tokenizer, lm, safety: dict, prompts: list[str], keywords: list[str]) -> tuple[dict, list[str]]:
     if safety["engine"] == "lm-eval":
-        from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
         res = simple_evaluate(
