@@ -3,6 +3,8 @@ run-clustered errors of the linear law, and `repro laws fit-table` / `repro laws
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -180,9 +182,20 @@ def test_linear_law_reports_clustered_naive_and_bootstrap_intervals_in_fits_csv(
 
 
 # ------------------------------------------------------------------------------ repro laws fit-table
-def _repro(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "repro.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
+def _repro(*args):
+    """`repro ...` through the CLI's own entry point (parsing, error reporting, exit code), in this process:
+    a subprocess per call would spend a second importing what this module has imported already."""
+    from repro.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # as the interpreter exits: a message goes to stderr with status 1
+            code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+            if code == 1 and exc.code != 1:
+                print(exc.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["repro", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def _table_csv(tmp_path: Path, family: str, seed: int = 3) -> Path:
