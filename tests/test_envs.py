@@ -206,3 +206,19 @@ def test_setup_helpers_run_before_anything_is_installed(tmp_path):
     res = subprocess.run([str(python), "-c", "import sys, repro.envs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('packaging', 'yaml')))"],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr[-2000:]
+
+
+def test_local_name_normalisation_is_packagings_on_every_name_we_read():
+    # repro.envs normalises names without packaging (it runs before anything is installed); it must agree
+    # with packaging on the lock's names, the installed distributions' and odd spellings of them.
+    from importlib.metadata import distributions
+
+    from packaging.utils import canonicalize_name as packagings
+
+    from repro.envs import canonicalize_name, read_lock
+
+    pins = read_lock(REPO / "requirements-lock.txt")
+    names = [p.name for p in pins.values()] + [d.metadata["Name"] for d in distributions()]
+    names += ["Foo.Bar", "foo__bar", "FOO-._bar", "zope.interface", "ruamel.yaml.clib"]
+    assert len(names) > 100
+    assert {n: canonicalize_name(n) for n in names} == {n: packagings(n) for n in names}

@@ -3,18 +3,15 @@ run-clustered errors of the linear law, and `repro laws fit-table` / `repro laws
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from workflow_helpers import repro_in_process
 
 from repro.laws.fits import bootstrap_power_law, fit_all, fit_linear_law, fit_power_law, fits_table
 from repro.laws.powerlaw import BOOTSTRAP_STARTS, FAMILIES, fit_family, to_raw_units
@@ -182,20 +179,6 @@ def test_linear_law_reports_clustered_naive_and_bootstrap_intervals_in_fits_csv(
 
 
 # ------------------------------------------------------------------------------ repro laws fit-table
-def _repro(*args):
-    """`repro ...` through the CLI's own entry point (parsing, error reporting, exit code), in this process:
-    a subprocess per call would spend a second importing what this module has imported already."""
-    from repro.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:  # as the interpreter exits: a message goes to stderr with status 1
-            code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
-            if code == 1 and exc.code != 1:
-                print(exc.code, file=sys.stderr)
-    return subprocess.CompletedProcess(["repro", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def _table_csv(tmp_path: Path, family: str, seed: int = 3) -> Path:
@@ -209,7 +192,7 @@ def _table_csv(tmp_path: Path, family: str, seed: int = 3) -> Path:
 def test_fit_table_recovers_parameters_in_raw_units_with_the_json_contract(tmp_path, family):
     csv = _table_csv(tmp_path, family)
     out = tmp_path / "fit.json"
-    proc = _repro("laws", "fit-table", "--csv", csv, "--x1", "params", "--x2", "tokens", "--y", "loss",
+    proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "params", "--x2", "tokens", "--y", "loss",
                   "--family", family, "--bootstrap", "12", "--json", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -238,13 +221,13 @@ def test_fit_table_refuses_bad_rows_and_unknown_columns(tmp_path):
     out = tmp_path / "fit.json"
     args = ["laws", "fit-table", "--csv", bad, "--x1", "params", "--x2", "tokens", "--y", "loss", "--family", "joint",
             "--json", out]
-    proc = _repro(*args)
+    proc = repro_in_process(*args)
     assert proc.returncode != 0 and "row 5" in proc.stderr and "[5, 10]" in proc.stderr and not out.exists()
-    proc = _repro(*args, "--drop-invalid")
+    proc = repro_in_process(*args, "--drop-invalid")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["rows_invalid_dropped"] == [5, 10] and result["n"] == len(df) - 2
-    proc = _repro("laws", "fit-table", "--csv", csv, "--x1", "parms", "--x2", "tokens", "--y", "loss",
+    proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "parms", "--x2", "tokens", "--y", "loss",
                   "--family", "joint", "--json", tmp_path / "x.json")
     assert proc.returncode != 0 and "parms" in proc.stderr and "'params'" in proc.stderr
 
@@ -253,7 +236,7 @@ def test_fit_table_drop_highest_leaves_out_the_largest_y(tmp_path):
     csv = _table_csv(tmp_path, "additive")
     df = pd.read_csv(csv)
     out = tmp_path / "fit.json"
-    proc = _repro("laws", "fit-table", "--csv", csv, "--x1", "params", "--x2", "tokens", "--y", "loss",
+    proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "params", "--x2", "tokens", "--y", "loss",
                   "--family", "additive", "--drop-highest", "3", "--json", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -269,7 +252,7 @@ def test_fit_table_agrees_with_laws_fit_on_the_same_runs(tmp_path):
     csv = tmp_path / "runs.csv"
     df.to_csv(csv, index=False)
     out = tmp_path / "fit.json"
-    proc = _repro("laws", "fit-table", "--csv", csv, "--x1", "trainable_params", "--x2", "step", "--y",
+    proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "trainable_params", "--x2", "step", "--y",
                   "loss_forget", "--family", "joint", "--json", out)
     assert proc.returncode == 0, proc.stderr
     table_fit = json.loads(out.read_text())["params"]

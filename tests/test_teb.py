@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from workflow_helpers import repro_in_process
 
 from repro.config import section_defaults
 from repro.teb.estimators import gaussian_te, ksg_te
@@ -94,29 +94,11 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 # ---------------------------------------------------------------------------------------- CLI
 
 
-class _Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def _repro_cli(*args, capsys=None):
-    """The CLI in-process (a subprocess per call costs seconds of imports)."""
-    from repro.cli import main
-
-    capsys.readouterr()
-    try:
-        rc = main(list(args))
-    except SystemExit as exc:
-        rc = exc.code
-    out = capsys.readouterr()
-    return _Result(rc, out.out, out.err)
-
-
-def test_cli_exact_te_one_line_and_errors(capsys):
+def test_cli_exact_te_one_line_and_errors():
     script = subprocess.run([sys.executable, "-m", "repro.cli", "teb", "exact-te", "--a", "0", "--b", "0", "--c", "1",
                              "--sigma-x", "1", "--sigma-y", "1"], capture_output=True, text=True, timeout=120)
     assert script.returncode == 0 and float(script.stdout) == pytest.approx(0.5 * math.log(2), abs=1e-9)
-    _repro = functools.partial(_repro_cli, capsys=capsys)
+    _repro = repro_in_process
     base = ["teb", "exact-te", "--a", "0.8", "--b", "0.3", "--c", "0.3", "--sigma-x", "1", "--sigma-y", "0.5"]
     out = _repro(*base)
     assert out.returncode == 0, out.stderr

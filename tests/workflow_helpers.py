@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -45,3 +47,23 @@ def tiny_run_spec(**overrides):
     base = dict(model="tiny", dataset="d", method="rslora", rank=4, lr=1e-3, seed=0, max_steps=8,
                 batch_size=2, max_length=96, resume_every=3, threads=1)
     return RunSpec(**{**base, **overrides})
+
+
+def repro_in_process(*args) -> subprocess.CompletedProcess:
+    """`repro ARGS` through the CLI's own entry point in this process (parsing, error reporting, exit
+    status as the interpreter would give it); a subprocess per call would spend seconds importing again
+    what the test module has imported already."""
+    from repro.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):  # sys.exit("message"): the message on stderr, status 1
+            print(code, file=sys.stderr)
+            code = 1
+    return subprocess.CompletedProcess(["repro", *map(str, args)], code, out.getvalue(), err.getvalue())
