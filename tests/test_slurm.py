@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+from datetime import datetime
 
 import pandas as pd
 import pytest
@@ -25,23 +26,33 @@ def _scontrol_job(job_id: int) -> str:
     return subprocess.run(["scontrol", "show", "job", str(job_id)], capture_output=True, text=True).stdout
 
 
-# Two fine-tuning runs of the test preset, each fine-tuned with a GPU (two at once, one per fake GPU)
-# and evaluated for forgetting. The reference is the local run of the whole preset, which the other
-# end-to-end tests share: its workspace, with Snakemake's records, is copied and the two runs' folders
-# removed, so the cluster reruns exactly their four jobs on the model and data the local run made.
-# Every other rule goes through the same executor path; at several seconds of SLURM and Snakemake
-# overhead per job (two workflow parses, squeue polls) each would add CPU time and no further coverage.
+def _job_interval(scontrol_text: str) -> tuple[datetime, datetime]:
+    start, end = (re.search(rf"\b{key}=(\S+)", scontrol_text).group(1) for key in ("StartTime", "EndTime"))
+    return datetime.fromisoformat(start), datetime.fromisoformat(end)
+
+
+# One fine-tuning and one forgetting evaluation of the test preset, each given a GPU (two at once, one
+# per fake GPU). The reference is the local run of the whole preset, which the other end-to-end tests
+# share: its workspace, with Snakemake's records, is copied, one run's folder is removed and another
+# run's evaluation, so the cluster reruns exactly those two jobs, side by side, on the model, data and
+# checkpoints the local run made. Every other rule goes through the same executor path; at several seconds
+# of SLURM and Snakemake overhead per job (two workflow parses, squeue polls) each would add CPU time and no
+# further coverage, and a second level of jobs would add a round of status polls (about 30 s).
 PRESET = yaml.safe_load((REPO / "presets" / "test.yaml").read_text())
-RUNS = [run for run in planned_runs(PRESET) if (run.method, run.rank) in {("lora", 1), ("rslora", 4)}]
-SLURM_TARGETS = tuple(f"{run.directory()}/eval.csv" for run in RUNS)
+FINETUNED, EVALUATED = (next(run for run in planned_runs(PRESET) if (run.method, run.rank) == key)
+                        for key in (("lora", 1), ("rslora", 4)))
+SLURM_TARGETS = (f"{FINETUNED.directory()}/summary.json", f"{EVALUATED.directory()}/eval.csv")
 
 
 def test_test_preset_runs_under_slurm_like_locally(test_preset_run, slurm, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(test_preset_run, ws, symlinks=True)
     shutil.rmtree(ws / ".snakemake" / "log")
-    for run in RUNS:
-        shutil.rmtree(ws / run.directory())
+    shutil.rmtree(ws / FINETUNED.directory())
+    evaluated = ws / EVALUATED.directory()
+    (evaluated / "eval.csv").unlink()
+    for manifest in (evaluated / "provenance").glob("evaluate-forgetting*.json"):
+        manifest.unlink()
     before = slurm.allocated_job_ids()
     proc = snakemake(
         ws, *SLURM_TARGETS, "--workflow-profile", "profiles/slurm", "--configfile", "presets/test.yaml",
@@ -50,38 +61,40 @@ def test_test_preset_runs_under_slurm_like_locally(test_preset_run, slurm, tmp_p
         "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
         "--seconds-between-status-checks", "1", "--jobs", "4",
         # GPU requests go through GRES on the fake devices (the tiny model still runs on the CPU).
-        "--set-resources", "finetune:gpu=1", timeout=1500,
+        "--set-resources", "finetune:gpu=1", "evaluate:gpu=1", timeout=1500,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
 
-    # Exactly the removed runs' jobs ran, every one on SLURM with an id slurmctld allocated.
+    # Exactly the two removed jobs ran, both on SLURM with an id slurmctld allocated.
     steps = int(re.search(r"(\d+) of \1 steps \(100%\) done", out).group(1))
     submitted = {int(j): int(s) for j, s in re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", out)}
     assert not re.findall(r"^localrule (\w+):", out, flags=re.M)
-    assert len(submitted) == steps == 2 * len(RUNS), out[-3000:]
+    assert len(submitted) == steps == 2, out[-3000:]
     assert set(submitted.values()) <= slurm.allocated_job_ids() - before
 
     # Each command's provenance manifest carries the SLURM job it ran in.
-    manifests = [json.loads(m.read_text()) for run in RUNS for m in (ws / run.directory()).rglob("provenance/*.json")]
+    manifests = [json.loads(m.read_text()) for m in [*(ws / FINETUNED.directory()).rglob("provenance/*.json"),
+                                                     *(evaluated / "provenance").glob("evaluate-forgetting*.json")]]
     assert len(manifests) == len(submitted)
     job_ids = {int((m.get("slurm") or {}).get("SLURM_JOB_ID", -1)) for m in manifests}
     assert job_ids == set(submitted.values()), sorted(job_ids ^ set(submitted.values()))[:5]
 
-    # Fine-tuning jobs were given a GPU by the scheduler.
-    finetune_logs = sorted((ws / "logs/slurm/rule_finetune").rglob("*.log"))
-    assert len(RUNS) == 2 and len(finetune_logs) == len(RUNS)
-    for log in finetune_logs:
-        info = _scontrol_job(int(log.stem))
+    # The scheduler gave each job a GPU of its own, and ran them at the same time.
+    logs = {rule: sorted((ws / f"logs/slurm/rule_{rule}").rglob("*.log")) for rule in ("finetune", "evaluate")}
+    assert [len(found) for found in logs.values()] == [1, 1], logs
+    infos = [_scontrol_job(int(found[0].stem)) for found in logs.values()]
+    for info in infos:
         assert re.search(r"gres/gpu[:=]1|gpu:1", info), info
+    (start_a, end_a), (start_b, end_b) = (_job_interval(info) for info in infos)
+    assert start_a < end_b and start_b < end_a, infos
 
     # Same seed, same numbers as the local run of the same preset (wall-clock fields aside).
-    for run in RUNS:
-        a, b = (json.loads((root / run.directory() / "summary.json").read_text()) for root in (ws, test_preset_run))
-        assert a.pop("seconds_this_session") > 0 and b.pop("seconds_this_session") > 0
-        assert a == b, run.key
-        for name in ("train_log.csv", "eval.csv"):
-            _assert_same_numbers(ws, test_preset_run, f"{run.directory()}/{name}")
+    a, b = (json.loads((root / FINETUNED.directory() / "summary.json").read_text()) for root in (ws, test_preset_run))
+    assert a.pop("seconds_this_session") > 0 and b.pop("seconds_this_session") > 0
+    assert a == b, FINETUNED.key
+    _assert_same_numbers(ws, test_preset_run, f"{FINETUNED.directory()}/train_log.csv")
+    _assert_same_numbers(ws, test_preset_run, f"{EVALUATED.directory()}/eval.csv")
 
 
 def _assert_same_numbers(ws, local_ws, rel: str) -> None:
