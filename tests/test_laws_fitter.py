@@ -193,7 +193,7 @@ def test_fit_table_recovers_parameters_in_raw_units_with_the_json_contract(tmp_p
     csv = _table_csv(tmp_path, family)
     out = tmp_path / "fit.json"
     proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "params", "--x2", "tokens", "--y", "loss",
-                  "--family", family, "--bootstrap", "12", "--json", out)
+                            "--family", family, "--bootstrap", "12", "--json", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     for key in ("family", "n", "fit_loss", "n_starts", "converged", "params", "ci"):
@@ -228,7 +228,7 @@ def test_fit_table_refuses_bad_rows_and_unknown_columns(tmp_path):
     result = json.loads(out.read_text())
     assert result["rows_invalid_dropped"] == [5, 10] and result["n"] == len(df) - 2
     proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "parms", "--x2", "tokens", "--y", "loss",
-                  "--family", "joint", "--json", tmp_path / "x.json")
+                            "--family", "joint", "--json", tmp_path / "x.json")
     assert proc.returncode != 0 and "parms" in proc.stderr and "'params'" in proc.stderr
 
 
@@ -237,7 +237,7 @@ def test_fit_table_drop_highest_leaves_out_the_largest_y(tmp_path):
     df = pd.read_csv(csv)
     out = tmp_path / "fit.json"
     proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "params", "--x2", "tokens", "--y", "loss",
-                  "--family", "additive", "--drop-highest", "3", "--json", out)
+                            "--family", "additive", "--drop-highest", "3", "--json", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["n"] == len(df) - 3
@@ -253,7 +253,7 @@ def test_fit_table_agrees_with_laws_fit_on_the_same_runs(tmp_path):
     df.to_csv(csv, index=False)
     out = tmp_path / "fit.json"
     proc = repro_in_process("laws", "fit-table", "--csv", csv, "--x1", "trainable_params", "--x2", "step", "--y",
-                  "loss_forget", "--family", "joint", "--json", out)
+                            "loss_forget", "--family", "joint", "--json", out)
     assert proc.returncode == 0, proc.stderr
     table_fit = json.loads(out.read_text())["params"]
     for p, v in fit["params_raw"].items():

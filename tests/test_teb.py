@@ -98,20 +98,20 @@ def test_cli_exact_te_one_line_and_errors():
     script = subprocess.run([sys.executable, "-m", "repro.cli", "teb", "exact-te", "--a", "0", "--b", "0", "--c", "1",
                              "--sigma-x", "1", "--sigma-y", "1"], capture_output=True, text=True, timeout=120)
     assert script.returncode == 0 and float(script.stdout) == pytest.approx(0.5 * math.log(2), abs=1e-9)
-    _repro = repro_in_process
     base = ["teb", "exact-te", "--a", "0.8", "--b", "0.3", "--c", "0.3", "--sigma-x", "1", "--sigma-y", "0.5"]
-    out = _repro(*base)
+    out = repro_in_process(*base)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1 and float(out.stdout) == pytest.approx(exact_te(**AR), abs=1e-9)
-    inf = _repro(*base, "--target-lags", "inf")
+    inf = repro_in_process(*base, "--target-lags", "inf")
     assert float(inf.stdout) == pytest.approx(exact_te_inf(**AR), abs=1e-9)
-    lags = _repro(*base, "--source-lags", "2", "--target-lags", "3", "--horizon", "2")
+    lags = repro_in_process(*base, "--source-lags", "2", "--target-lags", "3", "--horizon", "2")
     assert float(lags.stdout) == pytest.approx(exact_te(**AR, k=2, l=3, H=2), abs=1e-9)
-    bad = _repro("teb", "exact-te", "--a", "1.5", "--b", "0.3", "--c", "0.3", "--sigma-x", "1", "--sigma-y", "0.5")
+    bad = repro_in_process("teb", "exact-te", "--a", "1.5", "--b", "0.3", "--c", "0.3", "--sigma-x", "1",
+                           "--sigma-y", "0.5")
     assert bad.returncode == 2 and "|a| must be < 1" in bad.stderr
-    neg = _repro(*base[:-2], "--sigma-y", "-0.5")
+    neg = repro_in_process(*base[:-2], "--sigma-y", "-0.5")
     assert neg.returncode == 2 and "sigma_y" in neg.stderr
-    k0 = _repro(*base, "--source-lags", "0")
+    k0 = repro_in_process(*base, "--source-lags", "0")
     assert k0.returncode == 2 and "source lags" in k0.stderr
 
 
