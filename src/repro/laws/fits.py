@@ -201,8 +201,9 @@ def fit_power_law(
         else:
             rank_note = "fit without the largest P failed"
 
-    full = fit_family(family, *_arrays(data, target, p_ref, n_ref), n_starts=n_starts,
-                      extra_starts=[fit_steps.theta])
+    # With nothing held out the fit above already used every point: refitting would repeat it.
+    full = fit_steps if held.empty else fit_family(family, *_arrays(data, target, p_ref, n_ref), n_starts=n_starts,
+                                                   extra_starts=[fit_steps.theta])
     if full is None:
         return {**out, "status": "failed: no start gives a positive prediction on all points"}
     metrics = log_metrics(family, full.params, *_arrays(data, target, p_ref, n_ref))
