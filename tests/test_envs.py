@@ -22,7 +22,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = r'''
-import argparse, ast, importlib, importlib.metadata as md, inspect, json, sys
+import argparse, ast, gc, importlib, importlib.metadata as md, inspect, json, sys
+
+gc.set_threshold(10_000, *gc.get_threshold()[1:])  # as in a job (repro.cli.run): this process only imports
 from repro.cli import build_parser
 
 importlib.import_module("repro.provenance.manifest")  # every command writes its provenance
@@ -81,6 +83,7 @@ for words in json.loads(sys.argv[1]):
                     load(name)
 dists = md.packages_distributions()
 print(json.dumps(sorted({d for t in {m.split(".")[0] for m in sys.modules} for d in dists.get(t, [])})))
+gc.freeze()  # no final collection of the whole import graph at exit
 '''
 
 
