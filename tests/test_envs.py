@@ -22,10 +22,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = r'''
-import argparse, ast, gc, importlib, importlib.metadata as md, inspect, json, sys
+import argparse, ast, importlib, importlib.metadata as md, inspect, json, sys
+from repro.cli import build_parser, tune_collector
 
-gc.set_threshold(10_000, *gc.get_threshold()[1:])  # as in a job (repro.cli.run): this process only imports
-from repro.cli import build_parser
+tune_collector()  # as in a job: this process only imports
 
 importlib.import_module("repro.provenance.manifest")  # every command writes its provenance
 parser = build_parser()
@@ -83,7 +83,6 @@ for words in json.loads(sys.argv[1]):
                     load(name)
 dists = md.packages_distributions()
 print(json.dumps(sorted({d for t in {m.split(".")[0] for m in sys.modules} for d in dists.get(t, [])})))
-gc.freeze()  # no final collection of the whole import graph at exit
 '''
 
 
