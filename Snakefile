@@ -46,7 +46,7 @@ MODEL = config["model"]["name"]
 
 # Every job reads the same validated config. It is written when the run starts (not while the workflow
 # is parsed, so `snakemake -n` writes nothing) and only when its content changes; no rule takes it as
-# an input, so its timestamp never triggers reruns: each rule's config fingerprint does.
+# an input, so its timestamp never triggers reruns: each rule's `identity` param does.
 RESOLVED_CONFIG = f"{RESULTS}/config/resolved.json"
 
 

@@ -64,7 +64,8 @@ def cmd_finetune(args) -> int:
     train = finetune_paths(args.data_dir, args.dataset)["train"]
     check_data_files(args.data_dir, [train])
     rows = read_jsonl(train)
-    summary = train_run(spec, args.model_dir, rows, args.out, progress=not args.no_progress)
+    summary = train_run(spec, args.model_dir, rows, args.out, progress=not args.no_progress,
+                        restart_stale=args.restart_stale)
     print(f"trained {summary['steps_done']} steps; {len(summary['checkpoints'])} checkpoints; "
           f"trainable params {summary['trainable_params']}; scaling {summary['scaling']}")
     return 0
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", required=True, type=float)
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--restart-stale", action="store_true",
+                   help="state in --out saved under other settings is moved to <out>/superseded/ and the run "
+                   "starts from step 0 (the workflow passes this); without it such state is refused")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)
 

@@ -168,3 +168,38 @@ def json_default(value):
     if isinstance(value, np.integer):
         return int(value)
     return float(value)
+
+
+def identity_hash(settings) -> str:
+    """Short hex digest of JSON-serialisable settings, independent of key order: a job's identity.
+
+    Two settings that differ only in int/float spelling of the same number (16 and 16.0) are the same
+    identity, since the config validator may hand over either."""
+    import json
+
+    def canonical(value):
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dict):
+            return {str(k): canonical(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canonical(v) for v in value]
+        raise TypeError(f"identity_hash: {type(value).__name__} is not a setting")
+
+    blob = json.dumps(canonical(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two settings dicts (for error messages)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_diff(a, b, f"{name}.")
+        elif identity_hash([a]) != identity_hash([b]):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out

@@ -1,17 +1,20 @@
 # Helpers of every rule file, kept here because Snakemake's linter wants functions apart from rules.
-# Run coordinates, per-stage config fingerprints, cluster requests, report() captions and the input
-# functions of the branches. They read only the Snakefile's globals (config, RESULTS, MODEL); what a
-# branch knows (its task list, its report categories) it passes in as arguments.
-import hashlib
-
+# Run coordinates, job identities, cluster requests, report() captions and the input functions of the
+# branches. They read only the Snakefile's globals (config, RESULTS, MODEL); what a branch knows (its
+# task list, its report categories) it passes in as arguments.
 from repro.cluster.resources import job_resources
+from repro.io import identity_hash
 from repro.lm.runs import planned_runs
 
 
-def fingerprint(*sections):
-    """Hash of the config sections a job depends on; a change reruns exactly the affected jobs."""
-    blob = json.dumps([config.get(s) if isinstance(s, str) else s for s in sections], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def identity(settings):
+    """A rule's `identity` param: the hash of the settings its output depends on (defined per job kind
+    in the branch's run plan, minus what the job's path names). Snakemake reruns a job whose params
+    changed, so a config edit reruns exactly the jobs it changes. ``settings`` may be a function of the
+    job's wildcards."""
+    if callable(settings):
+        return lambda wildcards: identity_hash(settings(wildcards))
+    return identity_hash(settings)
 
 
 def all_runs():
@@ -58,11 +61,6 @@ def lm_report(path, categories):
         if name.startswith(stem):
             return report(path, caption=f"../report/{stem}.rst", category=category)
     return report(path, caption="../report/lm_figure.rst", category="Forgetting laws")
-
-
-# compression branch
-def compression_shapes(n_max):
-    return [(n, d) for n in range(1, n_max + 1) for d in range(0, n + 1)]
 
 
 # report tables

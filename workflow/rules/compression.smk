@@ -1,14 +1,22 @@
 # Sample compression schemes: enumerate{n,d} -> schemes{n,d,kind} -> verify{file} -> tables;
 # named{class} and compactness also feed verify and tables. Every rule only names files and runs
 # `repro compression ...` (src/repro/compression/cli.py).
+from repro.compression.runs import (
+    compactness_settings,
+    enumerate_settings,
+    enumerate_shapes,
+    named_settings,
+    scheme_shapes,
+    schemes_settings,
+)
 
 COMP = config["compression"]
 COMP_DIR = f"{RESULTS}/compression"
 COMP_KINDS = ["labeled", "unlabeled"]
 
 
-COMP_ENUM = compression_shapes(COMP["enumerate"]["n_max"])
-COMP_SCHEMES = compression_shapes(min(COMP["schemes"]["n_max"], COMP["enumerate"]["n_max"]))
+COMP_ENUM = enumerate_shapes(COMP)
+COMP_SCHEMES = scheme_shapes(COMP)
 COMP_SCHEME_STEMS = [f"schemes/n{n}_d{d}_{kind}" for n, d in COMP_SCHEMES for kind in COMP_KINDS]
 COMP_NAMED_STEMS = [f"named/{name}" for name in COMP["named"]["classes"]]
 COMP_RECORD_STEMS = COMP_SCHEME_STEMS + COMP_NAMED_STEMS + ["compactness/compactness"]
@@ -45,7 +53,7 @@ rule compression_enumerate:
         **resources_for("compression_enumerate"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["enumerate"]),
+        identity=identity(lambda w: enumerate_settings(COMP, int(w.n))),
     shell:
         "repro compression enumerate --configfile {params.config} --n {wildcards.n} --d {wildcards.d}"
         " --out {output} > {log} 2>&1"
@@ -69,7 +77,7 @@ rule compression_schemes:
         **resources_for("compression"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["schemes"], COMP["sat"]),
+        identity=identity(schemes_settings(COMP)),
     shell:
         "repro compression schemes --configfile {params.config} --enumeration {input} --kind {wildcards.kind}"
         " --out {output.records} --summary {output.summary} > {log} 2>&1"
@@ -89,7 +97,7 @@ rule compression_named:
         **resources_for("compression"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["named"], COMP["sat"]),
+        identity=identity(named_settings(COMP)),
     shell:
         "repro compression named --configfile {params.config} --name {wildcards.name}"
         " --out {output.report} --schemes-out {output.records} > {log} 2>&1"
@@ -107,7 +115,7 @@ rule compression_compactness:
         **resources_for("compression"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(COMP["compactness"], COMP["sat"]),
+        identity=identity(compactness_settings(COMP)),
     shell:
         "repro compression compactness --configfile {params.config}"
         " --out {output.report} --schemes-out {output.records} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Forgetting laws and rsLoRA: fits on the tidy tables, then figures, tables and numbers.
+from repro.laws.runs import fit_settings, rank_stability_settings
 
 LAWS = f"{RESULTS}/laws"
 FIGURES = f"{RESULTS}/figures"
@@ -60,6 +61,9 @@ rule fit_laws:
         steps=f"{RESULTS}/lm/steps.csv",
     output:
         fits=f"{LAWS}/fits.csv",
+        # One JSON per fitted law (the full fit: curves' parameters, bootstrap draws); the figures,
+        # tables and numbers read them, so they are declared on both sides.
+        fit_details=directory(f"{LAWS}/fits"),
         early=f"{LAWS}/early_stopping.csv",
         gradnorm=f"{LAWS}/gradnorm_spread.csv",
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
@@ -76,7 +80,7 @@ rule fit_laws:
     params:
         laws=folder("output", "fits"),
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint("laws"),
+        identity=identity(fit_settings(config)),
     shell:
         "repro laws fit --configfile {params.config} --runs {input.runs} --steps {input.steps}"
         " --out {params.laws} --jobs {threads} > {log} 2>&1"
@@ -94,7 +98,7 @@ rule rank_stability:
         **resources_for("laws"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(config["laws"]["rank_stability"]),
+        identity=identity(rank_stability_settings(config)),
     shell:
         "repro laws rank-stability --configfile {params.config} --out {output.moments}"
         " --slopes-out {output.slopes} > {log} 2>&1"
@@ -105,6 +109,7 @@ rule figures:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
         fits=f"{LAWS}/fits.csv",
+        fit_details=f"{LAWS}/fits",
         curves=f"{LAWS}/curves.csv",
         stability=f"{LAWS}/rank_stability.csv",
     output:
@@ -127,6 +132,7 @@ rule figures:
 rule tables:
     input:
         fits=f"{LAWS}/fits.csv",
+        fit_details=f"{LAWS}/fits",
         early=f"{LAWS}/early_stopping.csv",
         gradnorm=f"{LAWS}/gradnorm_spread.csv",
     output:
@@ -149,6 +155,7 @@ rule numbers:
     input:
         runs=f"{RESULTS}/lm/runs.csv",
         fits=f"{LAWS}/fits.csv",
+        fit_details=f"{LAWS}/fits",
         gradnorm=f"{LAWS}/gradnorm_spread.csv",
         slopes=f"{LAWS}/rank_stability_slopes.csv",
     output:

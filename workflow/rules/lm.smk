@@ -1,6 +1,14 @@
 # Language-model study: download -> data -> fine-tune -> evaluate -> aggregate. Run folders, checkpoint
 # grids and evaluated steps come from the run plan (repro.lm.runs), as they do for the trainer and the cluster.
-from repro.lm.runs import planned_eval_steps, run_dir_pattern
+from repro.lm.runs import (
+    data_settings,
+    evals_settings,
+    evaluate_settings,
+    finetune_settings,
+    model_settings,
+    planned_eval_steps,
+    run_dir_pattern,
+)
 
 RUN_DIR = run_dir_pattern(RESULTS)
 
@@ -21,7 +29,7 @@ rule download_model:
         resources=folder("output", "manifest", 3),
         config=RESOLVED_CONFIG,
         out=lambda w: f"{RESOURCES}/models/{w.model}",
-        fingerprint=fingerprint("model", "dtype"),
+        identity=identity(model_settings(config)),
     shell:
         "repro model fetch --configfile {params.config} --out {params.out}"
         " --downloads {params.resources}/downloads > {log} 2>&1"
@@ -44,7 +52,7 @@ rule prepare_data:
         model_dir=folder("input", "model"),
         config=RESOLVED_CONFIG,
         out=lambda w: f"{RESULTS}/data/{w.model}",
-        fingerprint=fingerprint("data", "seed", "dtype"),
+        identity=identity(data_settings(config)),
     shell:
         "repro data build --configfile {params.config} --model-dir {params.model_dir}"
         " --out {params.out} > {log} 2>&1"
@@ -70,12 +78,12 @@ rule finetune:
         data_dir=folder("input", "data"),
         config=RESOLVED_CONFIG,
         out=lambda w, output: str(Path(output.summary).parent),
-        fingerprint=fingerprint("finetune", "device", "dtype"),
+        identity=identity(finetune_settings(config)),
     shell:
         "repro finetune --configfile {params.config} --model-dir {params.model_dir}"
         " --data-dir {params.data_dir} --dataset {wildcards.dataset}"
         " --method {wildcards.method} --rank {wildcards.rank} --lr {wildcards.lr} --seed {wildcards.seed}"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out} --restart-stale > {log} 2>&1"
 
 
 rule evaluate:
@@ -97,7 +105,7 @@ rule evaluate:
         model_dir=folder("input", "model"),
         data_dir=folder("input", "data"),
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint("evaluate", "device", "dtype", "data"),
+        identity=identity(evaluate_settings(config)),
     shell:
         "repro evaluate forgetting --configfile {params.config} --model-dir {params.model_dir}"
         " --data-dir {params.data_dir} --summary {input.summary} --out {output} > {log} 2>&1"
@@ -118,7 +126,8 @@ rule evaluate_tasks_base:
     input:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
     output:
-        f"{RESULTS}/lm/evals/{{model}}/base.csv",
+        scores=f"{RESULTS}/lm/evals/{{model}}/base.csv",
+        replies=f"{RESULTS}/lm/evals/{{model}}/base.responses.jsonl",
     log:
         f"logs/evaluate_tasks/{{model}}/base.log",
     priority: 100
@@ -130,10 +139,10 @@ rule evaluate_tasks_base:
     params:
         model_dir=folder("input", "model"),
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint("evals", "device", "dtype"),
+        identity=identity(evals_settings(config, base=True)),
     shell:
         "repro evaluate tasks --configfile {params.config} --model-dir {params.model_dir}"
-        " --base --out {output} --no-progress > {log} 2>&1"
+        " --base --out {output.scores} --no-progress > {log} 2>&1"
 
 
 rule evaluate_tasks:
@@ -141,7 +150,8 @@ rule evaluate_tasks:
         model=f"{RESOURCES}/models/{{model}}/manifest.json",
         summary=f"{RUN_DIR}/summary.json",
     output:
-        f"{RUN_DIR}/tasks.csv",
+        scores=f"{RUN_DIR}/tasks.csv",
+        replies=f"{RUN_DIR}/tasks.responses.jsonl",
     log:
         f"logs/evaluate_tasks/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
@@ -153,10 +163,10 @@ rule evaluate_tasks:
     params:
         model_dir=folder("input", "model"),
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint("evals", "device", "dtype"),
+        identity=identity(evals_settings(config)),
     shell:
         "repro evaluate tasks --configfile {params.config} --model-dir {params.model_dir}"
-        " --summary {input.summary} --out {output} --no-progress > {log} 2>&1"
+        " --summary {input.summary} --out {output.scores} --no-progress > {log} 2>&1"
 
 
 rule aggregate:

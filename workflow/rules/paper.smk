@@ -43,7 +43,7 @@ rule paper_setup:
         source=", ".join(os.path.relpath(f) for f in map(str, workflow.overwrite_configfiles))
         or "config.yaml",
         # The macros print every key, so any change of the config rewrites them.
-        fingerprint=fingerprint(*sorted(config)),
+        identity=identity(config),
     shell:
         "repro paper setup-macros --configfile {params.config} --config-source '{params.source}' --out {output} > {log} 2>&1"
 

@@ -1,7 +1,15 @@
 # Transfer Entropy Bottleneck: teb_data{task} -> teb_target{task,seed} -> teb_train{task,variant,beta,seed}
 # -> teb_eval{task,seed} (+ teb_estimators{task} on the AR tasks) -> teb_aggregate -> figures, tables,
 # numbers. Every rule only names files and runs `repro teb ...` (src/repro/teb/cli.py).
-from repro.teb.runs import ar_task_names, task_names, task_runs
+from repro.teb.runs import (
+    ar_task_names,
+    data_settings,
+    estimators_settings,
+    eval_settings,
+    task_names,
+    task_runs,
+    train_settings,
+)
 
 TEB = config["teb"]
 TEB_DIR = f"{RESULTS}/teb"
@@ -44,7 +52,7 @@ rule teb_data:
     params:
         out=folder("output", "manifest"),
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["tasks"], TEB["data_seed"]),
+        identity=identity(lambda w: data_settings(TEB, w.task)),
     shell:
         "repro teb data --configfile {params.config} --task {wildcards.task}"
         " --out {params.out} > {log} 2>&1"
@@ -65,7 +73,7 @@ rule teb_target:
         **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["model"], TEB["train"], TEB["device"]),
+        identity=identity(lambda w: train_settings(TEB, w.task, "target")),
         out=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}",
     shell:
         "repro teb train --configfile {params.config} --task {wildcards.task} --data {input}"
@@ -92,7 +100,7 @@ rule teb_train:
         **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["model"], TEB["train"], TEB["device"]),
+        identity=identity(lambda w: train_settings(TEB, w.task, w.variant)),
         out=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}",
         target=lambda wildcards, input: str(Path(input.target).parent),
     shell:
@@ -117,7 +125,7 @@ rule teb_eval:
         **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["train"]["eval_samples"], TEB["train"]["prior_samples"]),
+        identity=identity(eval_settings(TEB)),
         target=lambda wildcards, input: str(Path(input.target).parent),
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input.runs),
     shell:
@@ -139,7 +147,7 @@ rule teb_estimators:
         **resources_for("teb"),
     params:
         config=RESOLVED_CONFIG,
-        fingerprint=fingerprint(TEB["estimators"]),
+        identity=identity(estimators_settings(TEB)),
     shell:
         "repro teb estimators --configfile {params.config} --task {wildcards.task} --data {input.data}"
         " --manifest {input.manifest} --out {output} > {log} 2>&1"

@@ -350,10 +350,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def check_data_files(data_dir: str | Path, paths: Iterable[str | Path]) -> None:
+def check_data_files(data_dir: str | Path, paths: Iterable[str | Path]) -> dict[Path, str]:
     """Refuse data files that are not the ones 'repro data build' wrote: each must be listed in the
     folder's manifest.json with the SHA-256 it has now (a file edited, truncated or swapped since is
-    caught before a run trains or is evaluated on it)."""
+    caught before a run trains or is evaluated on it). Returns each file's SHA-256: what a job's saved
+    state and caches are keyed by."""
     data_dir = Path(data_dir)
     manifest_path = data_dir / "manifest.json"
     rebuild = f"delete {manifest_path} and rerun (prepare_data rebuilds every file of {data_dir})"
@@ -363,6 +364,7 @@ def check_data_files(data_dir: str | Path, paths: Iterable[str | Path]) -> None:
         raise DataError(f"{manifest_path}: not found; run 'repro data build'") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{manifest_path}: damaged data manifest ({exc}); {rebuild}") from exc
+    digests: dict[Path, str] = {}
     for path in paths:
         path = Path(path)
         rel = path.relative_to(data_dir).as_posix()
@@ -374,6 +376,8 @@ def check_data_files(data_dir: str | Path, paths: Iterable[str | Path]) -> None:
         if digest != files[rel]["sha256"]:
             raise DataError(f"{path}: SHA-256 {digest[:12]}... does not match its manifest "
                             f"({files[rel]['sha256'][:12]}...): the file changed after 'repro data build'; {rebuild}")
+        digests[path] = digest
+    return digests
 
 
 def finetune_paths(data_dir: Path, name: str) -> dict[str, Path]:

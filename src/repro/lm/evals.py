@@ -334,17 +334,20 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
 
     ev = cfg["evals"]
     torch.set_num_threads(cfg["finetune"]["threads"])
-    base, tokenizer = load_model(model_dir, dtype=cfg["dtype"], device=cfg["device"])
-    manager = task_manager(ev["local_tasks"], ev["include_paths"], ev["tasks"]) if ev["tasks"] else None
     safety = ev["safety"]
-    keywords = load_keywords(safety.get("keywords"))
-    prompts = (load_harmful_prompts(safety["prompts"], safety.get("prompt_column"), safety["split"], safety["limit"])
-               if safety["enabled"] else [])
 
+    def load_base():
+        return load_model(model_dir, dtype=cfg["dtype"], device=cfg["device"])
+
+    cached: dict[int, dict] = {}
     if summary_path is None:
+        base, tokenizer = load_base()
         model, plan = base, {0: None}
     else:
         from peft import PeftModel
+
+        from .evalcache import CheckpointCache
+        from .models import model_fingerprint
 
         summary_path = Path(summary_path)
         summary = json.loads(summary_path.read_text())
@@ -354,16 +357,39 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         if missing:
             raise FileNotFoundError(f"{summary_path}: no checkpoint for steps {missing}")
         plan = {s: ckpts[s] for s in sorted(wanted)}
-        check_checkpoints(summary_path.parent, plan)
-        if not plan:
-            model = None
+        digests = check_checkpoints(summary_path.parent, plan, summary.get("checkpoint_sha256"))
+        # Each checkpoint's scores and replies, keyed by its adapter and everything else they depend on.
+        settings = {"evals": {k: v for k, v in ev.items() if k not in ("enabled", "checkpoints")},
+                    "device": cfg["device"], "dtype": cfg["dtype"], "threads": cfg["finetune"]["threads"],
+                    "model_content": model_fingerprint(model_dir)}
+        store = CheckpointCache(summary_path.parent / "eval_cache" / "tasks", settings)
+        for step in plan:
+            entry = store.get(step, digests[step])
+            if entry is not None:
+                cached[step] = entry
+        if cached:
+            print(f"{summary_path.parent}: steps {sorted(cached)} cached", flush=True)
+        todo = [s for s in plan if s not in cached]
+        if not todo:
+            model = tokenizer = None
         else:
-            model = PeftModel.from_pretrained(base, plan[min(plan)], is_trainable=False)
+            base, tokenizer = load_base()
+            model = PeftModel.from_pretrained(base, plan[todo[0]], is_trainable=False)
             model.eval()
 
+    manager = keywords = prompts = None
+    if model is not None:
+        manager = task_manager(ev["local_tasks"], ev["include_paths"], ev["tasks"]) if ev["tasks"] else None
+        keywords = load_keywords(safety.get("keywords"))
+        prompts = (load_harmful_prompts(safety["prompts"], safety.get("prompt_column"), safety["split"],
+                                        safety["limit"]) if safety["enabled"] else [])
     rows, transcripts = [], []
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=ev["batch_size"]) if model is not None else None
     for step in tqdm(sorted(plan), desc=f"evals {out_csv.parent.name}", disable=not progress):
+        if step in cached:
+            rows.append(cached[step]["row"])
+            transcripts += cached[step]["transcripts"]
+            continue
         t0 = time.perf_counter()
         if plan[step] is not None:
             _load_adapter(model, plan[step])
@@ -371,13 +397,17 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         if ev["tasks"]:
             row.update(run_tasks(lm, ev["tasks"], manager, ev["limit"], ev["num_fewshot"], ev["bootstrap_iters"]))
         row["evals_seconds_tasks"] = time.perf_counter() - t0
+        step_replies = []
         if safety["enabled"]:
             stats, replies = refusal_eval(model, tokenizer, lm, safety, prompts, keywords)
             row.update(stats)
-            transcripts += [{"step": step, "prompt": p, "response": r, "refusal": is_refusal(r, keywords)}
+            step_replies = [{"step": step, "prompt": p, "response": r, "refusal": is_refusal(r, keywords)}
                             for p, r in zip(prompts, replies)]
         row["evals_seconds"] = time.perf_counter() - t0
         rows.append(row)
+        transcripts += step_replies
+        if plan[step] is not None:
+            store.put(step, digests[step], {"row": row, "transcripts": step_replies})
         kill_point("evaluate_tasks:after-first-checkpoint")
     # The replies first: tasks.csv is the rule's output, so once it exists everything is written.
     atomic_write_text(Path(out_csv).with_suffix(".responses.jsonl"),

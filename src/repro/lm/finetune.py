@@ -4,12 +4,21 @@ One run = (model, dataset, method, rank, lr, seed). The batch at every step is a
 (seed, step), and the resumable state (adapter weights, AdamW state, RNG) is written atomically, so a
 run resumed from its last saved state ends with the same numbers as an uninterrupted one.
 
+Saved state is keyed by the run's trajectory identity (``trajectory_identity``): every setting the
+weights depend on, the base model's content, the training data's SHA-256 and the numerical libraries'
+versions, but not how long the run trains. State of another identity is never resumed: it is refused,
+or (``restart_stale``, as the workflow runs it) moved to ``superseded/`` and the run starts from step 0.
+State of the same identity is resumed after a kill, and continued when ``max_steps`` grows: with a
+constant learning rate and batches that depend on (seed, step) only, a run of S steps is exactly the
+first S steps of a longer one, so only the new steps are trained.
+
 Layout of a run directory::
 
-    summary.json        written last: run metadata and the checkpoint list (the rule's output)
+    summary.json        written last: run metadata, checkpoint list and hashes (the rule's output)
     train_log.csv       one row per step (the rule's output; copied from state/ at the end)
     checkpoints/step-000000/ ...   adapter checkpoints on the log-spaced grid (kept on failure)
-    state/              resumable state and the growing log (kept on failure)
+    state/              identity.json, resumable state and the growing log (kept on failure)
+    superseded/         the last state moved aside because the settings changed (one generation)
 """
 
 from __future__ import annotations
@@ -26,8 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_dir, atomic_open, atomic_write_text
-from .runs import checkpoint_grid
+from ..io import (
+    InputError,
+    atomic_dir,
+    atomic_open,
+    atomic_write_text,
+    identity_hash,
+    settings_diff,
+    sha256_file,
+)
+from .evalcache import rows_sha256
+from .runs import LENGTH_KEYS, TIMING_ONLY, checkpoint_grid
 from .step import (  # noqa: F401  (causal_lm_loss and compile_decoder_layers are this module's API too)
     StepOptions,
     StepRunner,
@@ -47,6 +65,15 @@ LOG_FIELDS = [
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; checkpoints written so far are kept."""
+
+
+class StaleStateError(InputError):
+    """A run folder holds training state made under other settings than the ones asked for."""
+
+
+IDENTITY_FILE = "identity.json"
+SUPERSEDED = "superseded"
+ADAPTER_FILE = "adapter_model.safetensors"
 
 
 @dataclass
@@ -108,6 +135,101 @@ class RunSpec:
 # Keys of the config's finetune section that choose how a step is computed (RunSpec fields).
 STEP_KEYS = ("packing", "pad_to_multiple", "autocast", "fused_cross_entropy", "fused_optimizer",
              "gradient_checkpointing", "sync_every", "compile_backend")
+
+
+def trajectory_identity(spec: RunSpec, model_dir: Path, train_sha256: str, device: str) -> dict:
+    """What a run's saved state was trained under, so that state is resumed or continued only under the
+    same: every RunSpec setting except when state is saved (``TIMING_ONLY``) and how long the run trains
+    and where it saves (``LENGTH_KEYS``), with the device and bf16 autocast as resolved on this machine
+    ("auto" differs between CPUs), the base model's content, the training file's SHA-256, and the versions
+    of the libraries that compute the step."""
+    import peft
+    import torch
+    import transformers
+
+    from .models import model_fingerprint
+
+    skip = set(TIMING_ONLY["finetune"]) | set(LENGTH_KEYS)
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items() if k not in skip}
+    settings.update(device=device, autocast=resolve_autocast(spec.autocast, device),
+                    model_content=model_fingerprint(model_dir), train_sha256=train_sha256,
+                    libraries={"torch": torch.__version__, "transformers": transformers.__version__,
+                               "peft": peft.__version__})
+    return settings
+
+
+def _checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"step-{step:06d}"
+
+
+def _saved_step(state_dir: Path) -> tuple[int, str | None]:
+    """The step of the resumable state and the identity hash it records (0, None without one)."""
+    meta = state_dir / "resume" / "meta.json"
+    if not meta.exists():
+        return 0, None
+    try:
+        doc = json.loads(meta.read_text())
+        return int(doc["step"]), doc.get("identity")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{meta}: damaged resume state ({type(exc).__name__}: {exc}); delete "
+                         f"{state_dir / 'resume'} to restart this run from step 0") from exc
+
+
+def _stale_reasons(run_dir: Path, identity: dict, grid: list[int], max_steps: int) -> list[str]:
+    """Why the run folder's saved state cannot be resumed or continued under ``identity`` (empty: it can)."""
+    ckpt_dir, state_dir = run_dir / "checkpoints", run_dir / "state"
+    saved_file = state_dir / IDENTITY_FILE
+    has_state = any(p.exists() and any(p.iterdir()) for p in (ckpt_dir, state_dir))
+    if not saved_file.exists():
+        return ["its state records no identity (saved by an older version of the pipeline)"] if has_state else []
+    try:
+        saved = json.loads(saved_file.read_text())
+        saved_identity, saved_hash = saved["identity"], saved["hash"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{saved_file} is damaged ({type(exc).__name__})"]
+    if saved_hash != identity_hash(identity):
+        return settings_diff(saved_identity, identity) or ["its identity hash differs"]
+    step, state_hash = _saved_step(state_dir)
+    if state_hash is not None and state_hash != saved_hash:
+        return [f"its resume state was saved under identity {state_hash}, not the {saved_hash} its folder records"]
+    if step > max_steps:
+        return [f"its saved state is at step {step}, beyond max_steps {max_steps}"]
+    missing = [s for s in grid if s <= step and not (_checkpoint_path(ckpt_dir, s) / ADAPTER_FILE).exists()]
+    if missing:
+        return [f"the checkpoint grid asks for steps {missing} at or before its saved step {step}, "
+                "which it did not save"]
+    return []
+
+
+def reconcile_saved_state(run_dir: Path, identity: dict, grid: list[int], max_steps: int,
+                          restart_stale: bool) -> None:
+    """Make the run folder's saved state one that may be resumed under ``identity``: keep it when it can
+    be, otherwise refuse (naming every setting that differs) or, with ``restart_stale``, move it to
+    ``superseded/`` (replacing an older one there) so the run starts from step 0, and say why in one line.
+    Then record ``identity`` as the folder's."""
+    run_dir = Path(run_dir)
+    ckpt_dir, state_dir = run_dir / "checkpoints", run_dir / "state"
+    reasons = _stale_reasons(run_dir, identity, grid, max_steps)
+    if reasons:
+        why = "; ".join(reasons)
+        if not restart_stale:
+            raise StaleStateError(
+                f"{run_dir}: its saved training state cannot be resumed under these settings ({why}). "
+                f"Pass --restart-stale to move it to {run_dir / SUPERSEDED} and train from step 0 (the "
+                f"workflow does), or delete {state_dir} and {ckpt_dir}")
+        superseded = run_dir / SUPERSEDED
+        if superseded.exists():
+            shutil.rmtree(superseded)
+        superseded.mkdir()
+        for part in (state_dir, ckpt_dir):
+            if part.exists():
+                part.rename(superseded / part.name)
+        print(f"restarting {run_dir} from step 0: {why}; its old state is in {superseded}", flush=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    record = json.dumps({"hash": identity_hash(identity), "identity": identity}, indent=2, sort_keys=True)
+    if not (state_dir / IDENTITY_FILE).exists() or reasons:
+        atomic_write_text(state_dir / IDENTITY_FILE, record)
 
 
 def build_adapter_model(base_model, method: str, rank: int, alpha: float, dropout: float, target_modules):
@@ -176,7 +298,7 @@ def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: in
     return batches[:n_batches]
 
 
-def _save_resume_state(state_dir: Path, model, optimizer, step: int) -> None:
+def _save_resume_state(state_dir: Path, model, optimizer, step: int, identity: str) -> None:
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -185,7 +307,7 @@ def _save_resume_state(state_dir: Path, model, optimizer, step: int) -> None:
         weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
         save_file(weights, tmp / "adapter.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step}))
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "identity": identity}))
 
     atomic_dir(state_dir / "resume", write)
 
@@ -199,7 +321,6 @@ def _load_resume_state(state_dir: Path, model, optimizer) -> int:
     import torch
     from peft import set_peft_model_state_dict
 
-    from ..io import InputError
     from .models import load_safetensors
 
     resume = state_dir / "resume"
@@ -248,8 +369,11 @@ def train_run(
     run_dir: Path,
     on_step=None,
     progress: bool = True,
+    restart_stale: bool = False,
 ) -> dict:
-    """Fine-tune one run to spec.max_steps, resuming from run_dir/state if present.
+    """Fine-tune one run to spec.max_steps, resuming or continuing from run_dir/state when that state was
+    trained under the same identity (see ``reconcile_saved_state``; ``restart_stale`` moves other state
+    aside instead of refusing it).
 
     ``on_step(step)`` is called after each completed optimizer step (tests use it to interrupt).
     """
@@ -261,9 +385,12 @@ def train_run(
     torch.set_num_threads(spec.threads)
     run_dir = Path(run_dir)
     ckpt_dir, state_dir = run_dir / "checkpoints", run_dir / "state"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.device)
+    grid = checkpoint_grid(spec.max_steps, spec.checkpoints)
+    train_sha256 = rows_sha256(train_rows)
+    identity = trajectory_identity(spec, model_dir, train_sha256, device)
+    identity_key = identity_hash(identity)
+    reconcile_saved_state(run_dir, identity, grid, spec.max_steps, restart_stale)
 
     torch.manual_seed(spec.seed)
     base, tokenizer = load_model(model_dir, dtype=spec.dtype, device=device)
@@ -282,7 +409,6 @@ def train_run(
     schedule = batch_schedule(
         [len(e.input_ids) for e in examples], spec.batch_size, spec.seed, spec.max_steps + 1, spec.group_by_length
     )
-    grid = checkpoint_grid(spec.max_steps, spec.checkpoints)
     pad_id = tokenizer.pad_token_id
 
     # Fault injection for the end-to-end resume test: a real SIGKILL (no cleanup) after this step.
@@ -337,7 +463,7 @@ def train_run(
             _save_checkpoint(model, ckpt_dir, step)
         if save:
             _write_log(log_path, log_rows)
-            _save_resume_state(state_dir, model, optimizer, step)
+            _save_resume_state(state_dir, model, optimizer, step, identity_key)
         if on_step is not None:
             on_step(step)
         if step == kill_after:
@@ -346,6 +472,11 @@ def train_run(
     bar.close()
     _write_log(log_path, log_rows)
     shutil.copyfile(log_path, run_dir / "train_log.csv")
+    # A run grown from a grid that had other steps (log2 of 12 steps saves 12, of 24 does not): the folder
+    # keeps exactly the checkpoints its summary lists.
+    for path in ckpt_dir.glob("step-*"):
+        if path.name[5:].isdigit() and int(path.name[5:]) not in grid:
+            shutil.rmtree(path)
     summary = {
         **{k: v for k, v in spec.__dict__.items() if k not in ("target_modules", "adam_betas")},
         "target_modules": list(spec.target_modules),
@@ -353,7 +484,11 @@ def train_run(
         "model_dir": str(model_dir),
         "scaling": sorted(adapter_scalings(model)),
         "trainable_params": count_trainable(model),
-        "checkpoints": {str(s): str((ckpt_dir / f"step-{s:06d}").relative_to(run_dir)) for s in grid},
+        "checkpoints": {str(s): str(_checkpoint_path(ckpt_dir, s).relative_to(run_dir)) for s in grid},
+        # What evaluation checks each checkpoint against, and keys its cached results by.
+        "checkpoint_sha256": {str(s): sha256_file(_checkpoint_path(ckpt_dir, s) / ADAPTER_FILE) for s in grid},
+        "identity": identity_key,
+        "train_sha256": train_sha256,
         "resumed_from": start,
         "steps_done": last_step_done,
         "seconds_this_session": time.time() - t_run,
@@ -368,4 +503,4 @@ def train_run(
 
 
 def _save_checkpoint(model, ckpt_dir: Path, step: int) -> None:
-    atomic_dir(ckpt_dir / f"step-{step:06d}", lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+    atomic_dir(_checkpoint_path(ckpt_dir, step), lambda tmp: model.save_pretrained(tmp, safe_serialization=True))

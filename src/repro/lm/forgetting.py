@@ -387,36 +387,59 @@ def plan_sweeps(steps: list[int], adapter_bytes: int, budget_bytes: float) -> li
     return [steps[i : i + per_sweep] for i in range(0, len(steps), per_sweep)]
 
 
-def check_checkpoints(run_dir: Path, checkpoints: dict[int, Path]) -> None:
-    """Refuse a run whose listed adapter checkpoints are missing or damaged, before any model is loaded.
+def check_checkpoints(run_dir: Path, checkpoints: dict[int, Path], recorded: dict | None = None) -> dict[int, str]:
+    """Refuse a run whose listed adapter checkpoints are missing or damaged, before any model is loaded;
+    return each checkpoint's SHA-256.
 
-    A checkpoint cannot be rebuilt from the run's resumable state (that holds the last step only), so the
-    way out is to retrain the run; training is deterministic, so the numbers come out the same.
+    ``recorded``: the SHA-256 the run's summary.json lists per step; a checkpoint whose bytes changed
+    since it was saved (same size or not) is refused. A checkpoint cannot be rebuilt from the run's
+    resumable state (that holds the last step only), so the way out is to retrain the run; training is
+    deterministic, so the numbers come out the same.
     """
-    from ..io import InputError
+    from ..io import InputError, sha256_file
     from .models import check_safetensors
 
+    retrain = f"delete the run folder {run_dir} and rerun to retrain it"
+    digests = {}
     for step, ckpt in sorted(checkpoints.items()):
+        path = ckpt / "adapter_model.safetensors"
         try:
-            check_safetensors(ckpt / "adapter_model.safetensors", f"adapter checkpoint (step {step})")
+            check_safetensors(path, f"adapter checkpoint (step {step})")
         except InputError as exc:
-            raise InputError(f"{exc}; delete the run folder {run_dir} and rerun to retrain it") from exc
+            raise InputError(f"{exc}; {retrain}") from exc
+        digests[step] = sha256_file(path)
+        expected = (recorded or {}).get(str(step))
+        if expected is not None and digests[step] != expected:
+            raise InputError(f"{path}: SHA-256 {digests[step][:12]}... differs from the {expected[:12]}... its "
+                             f"run's summary.json records (the checkpoint changed after training); {retrain}")
+    return digests
 
 
-def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, threads: int):
+def _read_run(summary_path: Path):
+    """The run's folder, summary, checkpoint folders by step and their verified SHA-256."""
+    summary_path = Path(summary_path)
+    run_dir = summary_path.parent
+    summary = json.loads(summary_path.read_text())
+    checkpoints = {int(s): run_dir / p for s, p in summary["checkpoints"].items()}
+    digests = check_checkpoints(run_dir, checkpoints, summary.get("checkpoint_sha256"))
+    return run_dir, summary, checkpoints, digests
+
+
+def _load_peft(model_dir: Path, first_checkpoint: Path, device: str, dtype: str, threads: int):
     from peft import PeftModel
 
     from .models import load_model
 
     torch.set_num_threads(threads)
-    summary_path = Path(summary_path)
-    run_dir = summary_path.parent
-    summary = json.loads(summary_path.read_text())
-    checkpoints = {int(s): run_dir / p for s, p in summary["checkpoints"].items()}
-    check_checkpoints(run_dir, checkpoints)
     base, tokenizer = load_model(model_dir, dtype=dtype, device=device)
-    model = PeftModel.from_pretrained(base, checkpoints[min(checkpoints)], is_trainable=False)
+    model = PeftModel.from_pretrained(base, first_checkpoint, is_trainable=False)
     model.eval()
+    return model, tokenizer
+
+
+def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, threads: int):
+    run_dir, summary, checkpoints, _ = _read_run(summary_path)
+    model, tokenizer = _load_peft(model_dir, checkpoints[min(checkpoints)], device, dtype, threads)
     return run_dir, summary, checkpoints, model, tokenizer
 
 
@@ -459,40 +482,65 @@ def evaluate_run(
     progress: bool = True,
     adapter_budget_gb: float | None = None,
     merge_adapters: bool | None = None,
+    cache: bool = True,
 ) -> list[dict]:
     """L_ft and L_f of every checkpoint of a run in one pass over each corpus; writes eval.csv.
 
     ``adapter_budget_gb`` caps the checkpoints' adapters held at once (default: half the device's
     free memory); checkpoints beyond it go to further sweeps, each with its own base forwards.
     ``merge_adapters``: see AdapterBank (default: merged when the weights are fp32).
+    ``cache``: each checkpoint's row is kept in ``<run>/eval_cache/forgetting/`` under a key of its
+    adapter's SHA-256 and everything else it depends on; only checkpoints without a matching entry are
+    evaluated (a run continued to more steps evaluates its new checkpoints only).
     """
     from tqdm.auto import tqdm
 
-    run_dir, summary, checkpoints, model, tokenizer = _open_run(summary_path, model_dir, device, dtype, threads)
-    corpora = [ForgettingCorpus(name, rows, tokenizer, batch_size) for name, rows in forgetting.items()]
-    heldout = _heldout_examples(heldout_rows, tokenizer, summary)
-    bank = AdapterBank(model, merge=merge_adapters)
-    dev = next(model.parameters()).device
-    budget = adapter_budget_gb * 1e9 if adapter_budget_gb is not None else _adapter_budget_bytes(dev)
-    sweeps = plan_sweeps(sorted(checkpoints), bank.nbytes, budget)
+    from .evalcache import CheckpointCache, rows_sha256
+    from .models import model_fingerprint
 
-    # One tick per forward pass, so the bar's rate and estimate hold across the mixed phases.
-    n_heldout = -(-len(heldout) // batch_size)
-    corpus_batches = sum(c.n_batches() for c in corpora)
-    total = sum(corpus_batches * (1 + len(s)) + n_heldout * len(s) for s in sweeps)
-    bar = tqdm(total=total, desc=f"evaluating {run_dir.name}", unit="fwd", disable=not progress)
+    run_dir, summary, checkpoints, digests = _read_run(summary_path)
+    settings = {"batch_size": batch_size, "device": device, "dtype": dtype, "threads": threads,
+                "merge_adapters": merge_adapters, "model_content": model_fingerprint(model_dir),
+                "max_length": summary["max_length"], "heldout": rows_sha256(heldout_rows),
+                "forgetting": [[name, rows_sha256(rows)] for name, rows in forgetting.items()]}
+    store = CheckpointCache(run_dir / "eval_cache" / "forgetting", settings) if cache else None
     results = {}
-    for sweep in sweeps:
-        for step in sweep:
-            bank.load(step, checkpoints[step])
-        forgetting_res = forgetting_one_pass(model, corpora, bank, sweep, max_cache_gb, tick=bar.update)
-        kill_point("evaluate:after-forgetting-pass")
-        for step in sweep:
-            with bank.applied(step):
-                loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size, tick=bar.update)
-            results[step] = _row(step, loss_ft, n_ft, [(c.name, forgetting_res[step][c.name]) for c in corpora])
-        bank.clear()
-    bar.close()
+    if store is not None:
+        for step in checkpoints:
+            row = store.get(step, digests[step])
+            if row is not None:
+                results[step] = row
+    todo = sorted(s for s in checkpoints if s not in results)
+    if results:
+        print(f"{run_dir}: {len(results)} checkpoints' results cached, evaluating {todo or 'none'}", flush=True)
+
+    if todo:
+        model, tokenizer = _load_peft(model_dir, checkpoints[todo[0]], device, dtype, threads)
+        corpora = [ForgettingCorpus(name, rows, tokenizer, batch_size) for name, rows in forgetting.items()]
+        heldout = _heldout_examples(heldout_rows, tokenizer, summary)
+        bank = AdapterBank(model, merge=merge_adapters)
+        dev = next(model.parameters()).device
+        budget = adapter_budget_gb * 1e9 if adapter_budget_gb is not None else _adapter_budget_bytes(dev)
+        sweeps = plan_sweeps(todo, bank.nbytes, budget)
+
+        # One tick per forward pass, so the bar's rate and estimate hold across the mixed phases.
+        n_heldout = -(-len(heldout) // batch_size)
+        corpus_batches = sum(c.n_batches() for c in corpora)
+        total = sum(corpus_batches * (1 + len(s)) + n_heldout * len(s) for s in sweeps)
+        bar = tqdm(total=total, desc=f"evaluating {run_dir.name}", unit="fwd", disable=not progress)
+        for sweep in sweeps:
+            for step in sweep:
+                bank.load(step, checkpoints[step])
+            forgetting_res = forgetting_one_pass(model, corpora, bank, sweep, max_cache_gb, tick=bar.update)
+            kill_point("evaluate:after-forgetting-pass")
+            for step in sweep:
+                with bank.applied(step):
+                    loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size, tick=bar.update)
+                results[step] = _row(step, loss_ft, n_ft, [(c.name, forgetting_res[step][c.name]) for c in corpora])
+                if store is not None:
+                    store.put(step, digests[step], results[step])
+            bank.clear()
+        bar.close()
     rows = [results[s] for s in sorted(results)]
     _write_csv(rows, out_csv)
     return rows

@@ -21,7 +21,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ..io import InputError, atomic_dir, atomic_open, sha256_file
+from ..io import InputError, atomic_dir, atomic_open, identity_hash, sha256_file
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -64,6 +64,20 @@ def fetch_model(model_cfg: dict, out_dir: Path, downloads_dir: Path, dtype: str 
 
     atomic_dir(Path(out_dir), write)
     return manifest
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Identity of a fetched model's content: its name, source and the SHA-256 of its weights as its
+    manifest records them (not when or from where it was fetched), so a refetch of the same weights
+    keeps the runs trained on them, and other weights never resume them."""
+    path = Path(model_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{Path(model_dir)}: not a fetched model (no {MANIFEST}); run 'repro model fetch'") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: damaged model manifest ({exc}); delete {Path(model_dir)} and rerun") from exc
+    return identity_hash({k: manifest.get(k) for k in ("name", "source", "weights")})
 
 
 @contextlib.contextmanager

@@ -1,5 +1,9 @@
-"""The language-model run plan: which runs a config asks for, where each lives, which steps it saves
-and which of those are evaluated on the task benchmarks.
+"""The language-model run plan: which runs a config asks for, where each lives, which steps it saves,
+which of those are evaluated on the task benchmarks, and each job's identity.
+
+A job's identity is the settings its output depends on, minus what its path already names (a run's
+coordinates): the rules fingerprint exactly that, so a config edit reruns the jobs it changes and no
+others, and adding a rank, seed, learning rate or dataset only schedules the new runs.
 
 Pure functions of the config, importing no torch: the workflow reads them while it is parsed, and the
 trainer, the evaluations, the cluster requests and the paper's macros read the same ones, so a run's
@@ -20,6 +24,16 @@ from ..errors import ConfigError
 RUN_KEY_TEMPLATE = "{model}/{dataset}/{method}/r{rank}/lr{lr}/seed{seed}"
 RUN_DIR_TEMPLATE = "{results}/lm/runs/" + RUN_KEY_TEMPLATE
 COORDINATES = ("dataset", "method", "rank", "lr", "seed")
+# The finetune keys that list a sweep axis: each value is a coordinate in a run's folder name.
+SWEEP_AXES = ("datasets", "methods", "ranks", "learning_rates", "seeds")
+# Settings that decide when state is saved or metrics are read back, never what is computed (a resume
+# replays exactly, and metrics are read once per step whatever the interval): tests/test_finetune.py
+# checks the same numbers under other values.
+TIMING_ONLY = {"finetune": ("resume_every", "sync_every"), "evaluate": ("max_cache_gb",)}
+# How long a run trains and where it saves. A run of S steps is exactly the first S steps of a longer
+# one (constant learning rate; each batch a function of (seed, step)), so these may grow without
+# retraining: the saved state of the shorter run is continued.
+LENGTH_KEYS = ("max_steps", "checkpoints")
 # lm-eval tasks shipped with the package (repro/lm/tasks/).
 LOCAL_TASKS = ("repro_knowledge", "repro_arithmetic", "repro_heldout_text")
 
@@ -140,3 +154,47 @@ def check_evals_plan(cfg: dict) -> None:
     kw = ev["safety"].get("keywords")
     if ev["safety"]["enabled"] and kw and not Path(kw).exists():
         raise ConfigError(f"key 'evals.safety.keywords': file {kw!r} not found")
+
+
+# --------------------------------------------------------------------------------------------------
+# Job identities (the settings each job's output depends on; the rules fingerprint these)
+
+
+def _without(section: dict, keys) -> dict:
+    return {k: v for k, v in section.items() if k not in keys}
+
+
+def model_settings(cfg: dict) -> dict:
+    """download_model{model}: the model section (its name is the path) and the dtype it is saved in."""
+    return {"model": _without(cfg["model"], ("name",)), "dtype": cfg["dtype"]}
+
+
+def data_settings(cfg: dict) -> dict:
+    """prepare_data{model}: every dataset and corpus definition (all are built, whether swept or not),
+    the seed, and where and in which dtype the base model samples its own corpus."""
+    return {"data": cfg["data"], "seed": cfg["seed"], "device": cfg["device"], "dtype": cfg["dtype"]}
+
+
+def finetune_settings(cfg: dict) -> dict:
+    """finetune{run}: the finetune section without its sweep axes and timing-only keys, plus device and
+    dtype. ``LENGTH_KEYS`` are in it (the run's outputs list its checkpoints), but the saved state the
+    trainer resumes is keyed without them (see ``repro.lm.finetune.trajectory_identity``)."""
+    ft = _without(cfg["finetune"], SWEEP_AXES + TIMING_ONLY["finetune"])
+    return {**ft, "device": cfg["device"], "dtype": cfg["dtype"]}
+
+
+def evaluate_settings(cfg: dict) -> dict:
+    """evaluate{run}: how the forgetting and held-out losses are computed (their data come as inputs)."""
+    return {"evaluate": _without(cfg["evaluate"], TIMING_ONLY["evaluate"]), "device": cfg["device"],
+            "dtype": cfg["dtype"], "threads": cfg["finetune"]["threads"],
+            "corpora": list(cfg["data"]["forgetting"])}
+
+
+def evals_settings(cfg: dict, base: bool = False) -> dict:
+    """evaluate_tasks{run} (or the base model's, ``base``): the evaluation settings and, for a run, the
+    checkpoint steps they select."""
+    out = {"evals": _without(cfg["evals"], ("enabled", "checkpoints")), "device": cfg["device"],
+           "dtype": cfg["dtype"], "threads": cfg["finetune"]["threads"]}
+    if not base:
+        out["steps"] = [s for s in planned_eval_steps(cfg) if s > 0]
+    return out

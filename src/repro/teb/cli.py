@@ -35,6 +35,7 @@ def cmd_data(args) -> int:
     import torch
 
     from ..io import atomic_path, atomic_write_text
+    from .runs import data_settings
     from .tasks import describe, make_task, tensor_digest
 
     teb = _teb_config(args.configfile)
@@ -44,7 +45,9 @@ def cmd_data(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "data.pt") as tmp:
         torch.save(splits, tmp)
-    manifest = {"task": args.task, "spec": spec, "info": info, "splits": describe(splits),
+    # The generator's settings only: a task's betas or epochs do not change its data, and the
+    # manifest is not rewritten when they change.
+    manifest = {"task": args.task, "spec": data_settings(teb, args.task)["spec"], "info": info, "splits": describe(splits),
                 "sha256": tensor_digest(splits)}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
     sizes = ", ".join(f"{s} {len(d['target'])}" for s, d in splits.items())

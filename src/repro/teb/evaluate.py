@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .estimators import gaussian_te, ksg_te
-from .models import STOCHASTIC
+from .runs import STOCHASTIC
 from .tasks import BALL_COLOURS, as_float
 from .train import load_model
 

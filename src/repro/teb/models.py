@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runs import STOCHASTIC  # one definition, in the torch-free run plan
+
 VARIANTS = ("target", "teb", "teb0", "deterministic", "joint")
-STOCHASTIC = ("teb", "teb0")
 LOG_2PI = math.log(2 * math.pi)
 
 

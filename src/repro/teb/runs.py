@@ -1,11 +1,20 @@
-"""Run coordinates of the TEB branch, shared by the CLI and the workflow rules (one source of truth).
+"""Run coordinates of the TEB branch and each job's identity, shared by the CLI and the workflow rules
+(one source of truth).
 
 Pure functions of the config: the workflow imports this module while it is parsed, so it imports no torch.
+A job's identity is the settings its output depends on, minus what its path names (task, variant, beta,
+seed): the rules fingerprint it, so one more beta or seed trains only the new models.
 """
 
 from __future__ import annotations
 
 NO_BETA = "none"
+# Variants with a stochastic bottleneck, trained at a beta (the others have none).
+STOCHASTIC = ("teb", "teb0")
+# Keys of a task's section that set how its models train, not what its data are.
+TASK_TRAINING_KEYS = ("enabled", "betas", "epochs", "target_epochs", "batch_size")
+# teb.train keys that only the evaluation reads, or that only change what is shown.
+TRAIN_KEYS_NOT_IN_TRAINING = ("eval_samples", "prior_samples", "progress")
 
 
 def format_coupling(c: float) -> str:
@@ -61,7 +70,7 @@ def task_runs(teb: dict, task: str) -> list[tuple[str, str]]:
         raise ValueError(f"unknown TEB task {task!r} (enabled: {', '.join(specs) or 'none'})")
     runs: list[tuple[str, str]] = []
     for variant in teb["variants"]:
-        if variant in ("teb", "teb0"):
+        if variant in STOCHASTIC:
             runs += [(variant, format_beta(b)) for b in specs[task]["betas"]]
         else:
             runs.append((variant, NO_BETA))
@@ -76,3 +85,46 @@ def check_sweep_tasks(teb: dict) -> None:
     bad = [t for t in teb["beta_sweep"]["tasks"] if t not in known]
     if bad:
         raise ValueError(f"key 'teb.beta_sweep.tasks': {bad} are not enabled tasks (enabled: {', '.join(sorted(known))})")
+
+
+def task_epochs(teb: dict, spec: dict, which: str) -> int:
+    """Epochs of the task's TEB stage (``epochs``) or target-only model (``target_epochs``, default: the same)."""
+    if which == "target_epochs":
+        return spec.get(which) or teb["train"].get(which) or task_epochs(teb, spec, "epochs")
+    return spec.get(which) or teb["train"][which]
+
+
+def task_batch_size(teb: dict, spec: dict) -> int:
+    return spec.get("batch_size") or teb["train"]["batch_size"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Job identities (the rules fingerprint these)
+
+
+def data_settings(teb: dict, task: str) -> dict:
+    """teb_data{task}: the generator's settings of this task (not how its models train) and the data seed."""
+    spec = {k: v for k, v in task_specs(teb)[task].items() if k not in TASK_TRAINING_KEYS}
+    return {"spec": spec, "data_seed": teb["data_seed"]}
+
+
+def train_settings(teb: dict, task: str, variant: str) -> dict:
+    """teb_target / teb_train{task,variant,beta,seed}: the network, the optimiser, the epochs and batch size
+    this model trains with (task overrides resolved), device and threads."""
+    spec = task_specs(teb)[task]
+    which = "target_epochs" if variant == "target" else "epochs"
+    train = {k: v for k, v in teb["train"].items()
+             if k not in TRAIN_KEYS_NOT_IN_TRAINING + ("epochs", "target_epochs", "batch_size")}
+    return {"model": teb["model"], "train": train, "epochs": task_epochs(teb, spec, which),
+            "batch_size": task_batch_size(teb, spec), "device": teb["device"], "threads": teb["threads"]}
+
+
+def eval_settings(teb: dict) -> dict:
+    """teb_eval{task,seed}: the Monte Carlo sizes of the estimates (the models and data come as inputs)."""
+    return {"eval_samples": teb["train"]["eval_samples"], "prior_samples": teb["train"]["prior_samples"],
+            "device": teb["device"], "threads": teb["threads"]}
+
+
+def estimators_settings(teb: dict) -> dict:
+    """teb_estimators{task}: the reference estimators' settings."""
+    return {"estimators": teb["estimators"]}

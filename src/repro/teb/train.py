@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..faults import kill_point
 from ..io import InputError, atomic_path, atomic_write_text
-from .models import STOCHASTIC, TEBNet
+from .models import TEBNet
+from .runs import STOCHASTIC, task_batch_size, task_epochs
 from .tasks import as_float
 
 
@@ -158,13 +159,6 @@ def load_model(path: Path, data: dict, mcfg: dict | None = None, target: TEBNet 
     return net
 
 
-def task_epochs(teb: dict, spec: dict, which: str) -> int:
-    """Epochs of the task's TEB stage (``epochs``) or target-only model (``target_epochs``, default: the same)."""
-    if which == "target_epochs":
-        return spec.get(which) or teb["train"].get(which) or task_epochs(teb, spec, "epochs")
-    return spec.get(which) or teb["train"][which]
-
-
 def train_run(teb: dict, spec: dict, data: dict, variant: str, beta, seed: int, out: Path,
               target_dir: Path | None = None) -> dict:
     """Train one model and save it under ``out``."""
@@ -185,7 +179,7 @@ def train_run(teb: dict, spec: dict, data: dict, variant: str, beta, seed: int, 
         net.start_output_variance(as_float(data["train"]["target"]))
     epochs = task_epochs(teb, spec, "target_epochs" if variant == "target" else "epochs")
     desc = f"{spec.get('name', spec['kind'])} {variant}" + (f" beta={beta:g}" if beta is not None else "")
-    tcfg = {**teb["train"], "batch_size": spec.get("batch_size") or teb["train"]["batch_size"]}
+    tcfg = {**teb["train"], "batch_size": task_batch_size(teb, spec)}
     net, log = fit(net, data, tcfg, epochs, beta, seed, device, desc)
     meta = {"variant": variant, "beta": beta, "seed": seed, "task": spec.get("name", spec["kind"]), "epochs": epochs,
             "model": mcfg, "device": device}
