@@ -57,7 +57,7 @@ def resume_setup(tiny_model_dir, tmp_path):
         return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     model, opt = fresh()
-    _save_resume_state(tmp_path / "state", model, opt, 3)
+    _save_resume_state(tmp_path / "state", model, opt, 3, identity="0123abcd")
     return tmp_path / "state", fresh
 
 
@@ -96,17 +96,128 @@ def test_data_file_that_no_longer_matches_its_manifest(tmp_path):
         check_data_files(data, [train])
 
 
+def _runs_csv(path: Path) -> Path:
+    import pandas as pd
+
+    from repro.lm.aggregate import REQUIRED_COLUMNS
+
+    rows = [{c: (f"run{i}" if c in ("model", "dataset", "method") else i + 1) for c in REQUIRED_COLUMNS} for i in range(3)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
 def test_runs_table_missing_a_column(tmp_path):
     import pandas as pd
 
-    from repro.lm.aggregate import REQUIRED_COLUMNS, check_columns
+    from repro.io import read_table
+    from repro.lm.aggregate import REQUIRED_COLUMNS, RUNS_TABLE
 
-    path = tmp_path / "runs.csv"
-    pd.DataFrame({c: [1.0] for c in REQUIRED_COLUMNS}).to_csv(path, index=False)
-    check_columns(path, REQUIRED_COLUMNS)
-    pd.DataFrame({c: [1.0] for c in REQUIRED_COLUMNS if c != "loss_forget"}).to_csv(path, index=False)
-    with pytest.raises(InputError, match=rf"{path}: missing column loss_forget"):
-        check_columns(path, REQUIRED_COLUMNS)
+    path = _runs_csv(tmp_path / "runs.csv")
+    assert len(read_table(path, RUNS_TABLE)) == 3
+    pd.read_csv(path).drop(columns="loss_forget").to_csv(path, index=False)
+    with pytest.raises(InputError, match=rf"{path} \(.*\): missing columns \['loss_forget'\]"):
+        read_table(path, RUNS_TABLE)
+    assert "loss_forget" in REQUIRED_COLUMNS
+
+
+def _cut_last_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+
+
+def _short_row(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 2)[0]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _letters_in_a_number(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[2].split(",")
+    cells[header.index("loss_forget")] = "6.2x"
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _empty_loss(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    cells[header.index("loss_ft")] = ""
+    lines[3] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_cut_last_line, "its last line has no line break"),
+    (_short_row, "row 2 has .* fields, the header"),
+    (_letters_in_a_number, "row 2, column 'loss_forget': '6.2x' is not a number"),
+    (_empty_loss, "row 3, column 'loss_ft': empty"),
+])
+def test_tidy_tables_are_read_strictly(tmp_path, damage, message):
+    """Each damage a lenient reader turns into NaN cells or a shifted column is refused, naming the file,
+    the row and the column, with the way to rebuild it."""
+    from repro.io import read_table
+    from repro.lm.aggregate import RUNS_TABLE
+
+    path = _runs_csv(tmp_path / "runs.csv")
+    damage(path)
+    with pytest.raises(InputError, match=rf"{path} .*{message}.*delete it and rerun"):
+        read_table(path, RUNS_TABLE)
+
+
+def test_fit_details_must_match_the_fits_table(tmp_path):
+    """A fit JSON deleted, added or damaged is refused: the readers would silently drop or add a law."""
+    import pandas as pd
+
+    from repro.laws.fits import fit_file_name, load_fits
+
+    laws = tmp_path / "laws"
+    (laws / "fits").mkdir(parents=True)
+    fits = [{"model": "m", "dataset": "d", "method": meth, "target": "loss_forget", "family": "linear",
+             "status": "ok", "param": "b", "value": 0.1} for meth in ("lora", "rslora")]
+    pd.DataFrame(fits).to_csv(laws / "fits.csv", index=False)
+    for f in fits:
+        (laws / "fits" / fit_file_name(f)).write_text(json.dumps(f))
+    assert [f["method"] for f in load_fits(laws / "fits")] == ["lora", "rslora"]
+    (laws / "fits" / fit_file_name(fits[1])).unlink()
+    with pytest.raises(InputError, match=r"no JSON for \['m_d_rslora_loss_forget_linear.json'\].*delete .*fits.csv"):
+        load_fits(laws / "fits")
+    (laws / "fits" / fit_file_name(fits[1])).write_text("{")
+    with pytest.raises(InputError, match="damaged fit"):
+        load_fits(laws / "fits")
+    (laws / "fits" / fit_file_name(fits[1])).write_text(json.dumps(fits[1]))
+    (laws / "fits" / "m_d_dora_loss_forget_linear.json").write_text("{}")
+    with pytest.raises(InputError, match="JSON not in the table"):
+        load_fits(laws / "fits")
+
+
+@pytest.mark.parametrize("file, damage", [
+    ("model.safetensors", "same-size"), ("config.json", "edited"), ("tokenizer.json", "deleted")])
+def test_model_files_are_verified_on_every_load(tiny_model_dir, tmp_path, file, damage):
+    """Weights damaged in place (same size), an edited config.json or a missing tokenizer file: the load
+    is refused naming the file and the way to refetch; an undamaged folder is hashed once, then trusted
+    by size and modification time."""
+    import shutil
+
+    from repro.lm.models import VERIFIED, load_model
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    (model / VERIFIED).unlink(missing_ok=True)
+    load_model(model)
+    assert file in json.loads((model / VERIFIED).read_text())
+    path = model / file
+    if damage == "same-size":
+        data = bytearray(path.read_bytes())
+        data[-300:-44] = bytes(256)
+        path.write_bytes(bytes(data))
+    elif damage == "edited":
+        path.write_text(path.read_text().replace('"silu"', '"gelu"'))
+    else:
+        path.unlink()
+    with pytest.raises(InputError, match=rf"{path}: (SHA-256|listed in).*delete the folder {model} and rerun"):
+        load_model(model)
 
 
 def test_teb_task_tensor_file_damaged_or_changed(tmp_path):

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 # Out of space, over a quota, or over the per-process file-size limit (RLIMIT_FSIZE, e.g. a scheduler's).
@@ -203,3 +204,88 @@ def settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif identity_hash([a]) != identity_hash([b]):
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Tidy tables, read strictly
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a tidy table must hold for its readers.
+
+    ``required``: columns the readers use; ``text``: the columns that hold text (every other column
+    holds numbers, or nothing where a value does not apply); ``flags``: True/False columns;
+    ``integers``: whole numbers; ``complete``: columns never empty. ``rebuild`` says how to recover.
+    """
+
+    what: str
+    required: tuple[str, ...]
+    text: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    integers: tuple[str, ...] = ()
+    complete: tuple[str, ...] = ()
+    rebuild: str = "delete it and rerun: the workflow rebuilds it from its inputs"
+
+
+def _cell_error(kind: str, cell: str) -> str | None:
+    if kind == "text":
+        return None
+    if kind == "flag":
+        return None if cell in ("True", "False") else "is not True or False"
+    try:
+        value = float(cell)
+    except ValueError:
+        return "is not a number"
+    if kind == "integer" and not (value == value and abs(value) != float("inf") and value.is_integer()):
+        return "is not a whole number"
+    return None
+
+
+def read_table(path: str | Path, spec: TableSpec):
+    """The table at ``path`` as a DataFrame, after refusing anything its readers would misread.
+
+    Every row has the header's number of fields and the file ends with a line break (a file cut in the
+    middle of a line is refused, not read with missing cells); the required columns are present; every
+    cell of a number column is a number (or empty, unless the column is ``complete``). The error names
+    the file, the row (1 = the first line after the header) and the column.
+    """
+    import csv
+
+    import pandas as pd
+
+    path = Path(path)
+    where = f"{path} ({spec.what})"
+    fail = lambda why: InputError(f"{where}: {why}; {spec.rebuild}")  # noqa: E731
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"unreadable ({type(exc).__name__}: {exc})") from exc
+    if not raw.strip():
+        raise fail("empty")
+    if not raw.endswith("\n"):
+        raise fail("its last line has no line break (the file was cut while it was written)")
+    rows = list(csv.reader(raw.splitlines()))
+    header, body = rows[0], rows[1:]
+    missing = [c for c in spec.required if c not in header]
+    if missing:
+        raise fail(f"missing columns {missing}")
+    if len(set(header)) != len(header):
+        raise fail(f"repeated column names {sorted({c for c in header if header.count(c) > 1})}")
+    kinds = ["text" if c in spec.text else "flag" if c in spec.flags else "integer" if c in spec.integers
+             else "number" for c in header]
+    complete = [c in spec.complete for c in header]
+    for i, row in enumerate(body, start=1):
+        if len(row) != len(header):
+            raise fail(f"row {i} has {len(row)} fields, the header {len(header)}")
+        for column, kind, needed, cell in zip(header, kinds, complete, row):
+            if cell == "":
+                if needed:
+                    raise fail(f"row {i}, column '{column}': empty")
+                continue
+            why = _cell_error(kind, cell)
+            if why:
+                raise fail(f"row {i}, column '{column}': {cell[:40]!r} {why}")
+    return pd.read_csv(path)

@@ -159,7 +159,13 @@ def build_record(summary_path: Path, runs, runs_csv: Path = Path("runs.csv")) ->
     log_csv = run_dir / "train_log.csv"
     if not log_csv.is_file():
         raise TrackingError(f"{log_csv}: missing (run repro finetune first)")
-    log = pd.read_csv(log_csv)
+    from .io import InputError, read_table
+    from .lm.aggregate import TRAIN_LOG
+
+    try:
+        log = read_table(log_csv, TRAIN_LOG)
+    except InputError as exc:
+        raise TrackingError(str(exc)) from None
     absent = [c for c in STEP_REQUIRED if c not in log]
     if absent:
         raise TrackingError(f"{log_csv}: columns {absent} missing")
@@ -263,9 +269,13 @@ def track(summaries: list[Path], runs_csv: Path, uri: str, experiment: str, out:
     runs_csv = Path(runs_csv)
     if not runs_csv.is_file():
         raise TrackingError(f"{runs_csv}: missing (run repro aggregate first)")
-    import pandas as pd
+    from .io import InputError, read_table
+    from .lm.aggregate import RUNS_TABLE
 
-    runs = pd.read_csv(runs_csv)
+    try:
+        runs = read_table(runs_csv, RUNS_TABLE)
+    except InputError as exc:
+        raise TrackingError(str(exc)) from None
     records = [build_record(Path(s), runs, runs_csv) for s in summaries]
     keys = [r.key for r in records]
     dupes = sorted({k for k in keys if keys.count(k) > 1})

@@ -9,27 +9,29 @@ from ..io import atomic_write_text
 
 
 def cmd_fit(args) -> int:
-    import pandas as pd
 
     from ..faults import kill_point
-    from ..lm.aggregate import REQUIRED_COLUMNS, STEP_COLUMNS, check_columns
+    from ..io import read_table
+    from ..lm.aggregate import RUNS_TABLE, STEPS_TABLE
     from .fits import run_fits
     from .gradnorm import gradient_norm_by_rank, gradient_norm_spread
 
     cfg = load_config(args.configfile)["laws"]
-    check_columns(args.runs, REQUIRED_COLUMNS)
-    check_columns(args.steps, STEP_COLUMNS)
+    read_table(args.runs, RUNS_TABLE)  # both refused before any fit if damaged
+    steps = read_table(args.steps, STEPS_TABLE)
     table = run_fits(args.runs, args.out, cfg["families"], cfg["targets"], cfg["holdout_last"],
                      cfg["bootstrap_resamples"], cfg["seed"], cfg["n_starts"], jobs=args.jobs,
                      bootstrap_starts=cfg["bootstrap_starts"])
     kill_point("fit_laws:after-fits")
-    by_rank = gradient_norm_by_rank(pd.read_csv(args.steps))
+    by_rank = gradient_norm_by_rank(steps)
     atomic_write_text(Path(args.out) / "gradnorm_by_rank.csv", by_rank.to_csv(index=False))
     spread = gradient_norm_spread(by_rank)
     atomic_write_text(Path(args.out) / "gradnorm_spread.csv", spread.to_csv(index=False))
     fits = table.drop_duplicates(["model", "dataset", "method", "target", "family"])
     for _, f in fits.iterrows():
-        print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={f['r2']:.4g}"
+        # An under-determined sweep (one rank, too few runs) has no fit: its status says why, R2 is absent.
+        r2 = f"{f['r2']:.4g}" if isinstance(f["r2"], (int, float)) and f["r2"] == f["r2"] else "n/a"
+        print(f"{f['method']:7s} {f['target']:12s} {f['family']:9s} {f['status']:30s} R2={r2}"
               + ("" if f["status"] != "ok" or f["family"] == "linear" or f["converged"] is True else " NOT CONVERGED")
               + (" (chosen)" if f["chosen"] is True else ""))
     for _, s in spread.iterrows():
@@ -101,13 +103,15 @@ def cmd_fit_table(args) -> int:
 def cmd_design(args) -> int:
     import pandas as pd
 
+    from ..io import read_table
+    from ..lm.aggregate import RUNS_TABLE, STEPS_TABLE
     from .design import cheapest, design_table
 
-    runs = pd.read_csv(args.runs)
+    runs = read_table(args.runs, RUNS_TABLE)
     if args.model or args.dataset:
         runs = runs[(runs["model"] == args.model if args.model else True)
                     & (runs["dataset"] == args.dataset if args.dataset else True)]
-    steps = pd.read_csv(args.steps) if args.steps else None
+    steps = read_table(args.steps, STEPS_TABLE) if args.steps else None
     try:
         table = design_table(runs, steps, targets=args.targets, width=args.width, resamples=args.bootstrap,
                              seed=args.seed, min_ranks=args.min_ranks, max_steps=args.max_steps,
@@ -132,9 +136,11 @@ def cmd_figures(args) -> int:
 
     paths = make_figures(args.runs, args.steps, args.laws_dir / "fits", args.laws_dir / "curves.csv", args.out)
     if args.rank_stability:
-        import pandas as pd
 
-        moments = pd.read_csv(args.rank_stability)
+        from ..io import read_table
+        from .schemas import RANK_STABILITY
+
+        moments = read_table(args.rank_stability, RANK_STABILITY)
         for optimizer, grp in moments.groupby("optimizer"):
             paths += plot_rank_stability(grp, args.out / f"rank_stability_{optimizer}")
     for p in paths:

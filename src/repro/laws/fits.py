@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_write_text, json_default
+from ..io import atomic_write_text, json_default, read_table
 from .powerlaw import (
     BOOTSTRAP_STARTS,
     FAMILIES,
@@ -394,10 +394,9 @@ def fitted_curves(fits: list[dict], runs: pd.DataFrame, points: int = 100) -> pd
 def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[str], holdout_last: int,
              resamples: int, seed: int, n_starts: int = 8, jobs: int = 1,
              bootstrap_starts: int = BOOTSTRAP_STARTS) -> pd.DataFrame:
-    runs = pd.read_csv(runs_csv)
-    missing = [c for c in (*GROUP, *RUN, "step", "trainable_params", "loss_ft", "loss_forget") if c not in runs]
-    if missing:
-        raise ValueError(f"{runs_csv}: columns missing: {missing}")
+    from ..lm.aggregate import RUNS_TABLE
+
+    runs = read_table(runs_csv, RUNS_TABLE)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"laws.families: unknown {unknown} (known: {sorted(FAMILIES)})")
@@ -407,11 +406,44 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
     shutil.rmtree(out_dir / "fits", ignore_errors=True)
     (out_dir / "fits").mkdir(parents=True, exist_ok=True)
     for f in fits:
-        name = "_".join(str(f[k]) for k in (*GROUP, "target", "family"))
-        atomic_write_text(out_dir / "fits" / f"{name}.json", json.dumps(f, indent=2, default=json_default))
+        atomic_write_text(out_dir / "fits" / fit_file_name(f), json.dumps(f, indent=2, default=json_default))
     table = fits_table(fits)
     atomic_write_text(out_dir / "curves.csv", fitted_curves(fits, runs).to_csv(index=False))
     atomic_write_text(out_dir / "early_stopping.csv", matched.to_csv(index=False))
     # fits.csv last: it is the rule's first output, so a kill before it leaves the job incomplete.
     atomic_write_text(out_dir / "fits.csv", table.to_csv(index=False))
     return table
+
+
+def fit_file_name(fit: dict) -> str:
+    """The JSON file of one fit in the fits folder (one per model, dataset, method, target and family)."""
+    return "_".join(str(fit[k]) for k in (*GROUP, "target", "family")) + ".json"
+
+
+def load_fits(fits_dir: Path) -> list[dict]:
+    """Every fit that ``fits.csv`` (beside the folder) lists, each read from its JSON, in file-name order.
+
+    The readers take the fits' details from the JSONs; a JSON missing, extra or damaged would silently
+    change what they show, so each is checked against the table fit_laws wrote with it.
+    """
+    from ..io import InputError
+    from .schemas import FITS
+
+    fits_dir = Path(fits_dir)
+    table_path = fits_dir.parent / "fits.csv"
+    table = read_table(table_path, FITS)
+    redo = f"delete {table_path} and rerun (fit_laws writes both again)"
+    listed = sorted({fit_file_name(row) for row in table[[*GROUP, "target", "family"]].to_dict("records")})
+    present = sorted(p.name for p in fits_dir.glob("*.json")) if fits_dir.is_dir() else []
+    missing, extra = sorted(set(listed) - set(present)), sorted(set(present) - set(listed))
+    if missing or extra:
+        raise InputError(f"{fits_dir}: does not match {table_path}"
+                         + (f"; no JSON for {missing}" if missing else "")
+                         + (f"; JSON not in the table: {extra}" if extra else "") + f"; {redo}")
+    fits = []
+    for name in listed:
+        try:
+            fits.append(json.loads((fits_dir / name).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{fits_dir / name}: damaged fit ({type(exc).__name__}: {exc}); {redo}") from exc
+    return fits

@@ -7,7 +7,6 @@ LaTeX and macros come from the ground floor (`repro.report`).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,9 +18,13 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..io import read_table  # noqa: E402
+from ..lm.aggregate import RUNS_TABLE, STEPS_TABLE  # noqa: E402
 from ..report.latex import fmt, tex_escape, to_latex, with_ci  # noqa: E402
 from ..report.numbers import Macros, macro_name  # noqa: E402
 from ..report.style import OKABE_ITO, STYLE, ordered_colours, save  # noqa: E402
+from . import schemas  # noqa: E402
+from .fits import load_fits  # noqa: E402
 from .scalings import PRIMARY_OPTIMIZER, SCALING_LABEL, SCALING_RULES  # noqa: E402
 
 METHOD_LABEL = {"lora": r"LoRA ($\gamma_r=\alpha/r$)", "rslora": r"rsLoRA ($\gamma_r=\alpha/\sqrt{r}$)"}
@@ -34,10 +37,6 @@ SCALING_COLOUR = {"lora": OKABE_ITO[0], "rslora": OKABE_ITO[1], "constant": OKAB
 
 
 # ------------------------------------------------------------------------------------------ figures
-
-
-def _load_fits(fits_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(fits_dir).glob("*.json"))]
 
 
 def _groups(runs: pd.DataFrame):
@@ -264,9 +263,9 @@ def refusal_vs_steps(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def make_figures(runs_csv: Path, steps_csv: Path, fits_dir: Path, curves_csv: Path, out_dir: Path) -> list[Path]:
-    runs, steps = pd.read_csv(runs_csv), pd.read_csv(steps_csv)
-    fits = _load_fits(fits_dir)
-    curves = pd.read_csv(curves_csv)
+    runs, steps = read_table(runs_csv, RUNS_TABLE), read_table(steps_csv, STEPS_TABLE)
+    fits = load_fits(fits_dir)
+    curves = read_table(curves_csv, schemas.CURVES)
     out = []
     out += forgetting_vs_finetune(runs, fits, out_dir)
     out += losses_vs_steps(runs, fits, curves, out_dir)
@@ -444,9 +443,9 @@ def early_stopping_table(matched: pd.DataFrame) -> pd.DataFrame:
 
 
 def make_tables(fits_dir: Path, gradnorm_csv: Path, early_csv: Path, out_dir: Path) -> list[Path]:
-    fits = [json.loads(p.read_text()) for p in sorted(Path(fits_dir).glob("*.json"))]
+    fits = load_fits(fits_dir)
     out_dir = Path(out_dir)
-    matched = pd.read_csv(early_csv) if Path(early_csv).stat().st_size > 1 else pd.DataFrame()
+    matched = read_table(early_csv, schemas.EARLY_STOPPING) if Path(early_csv).stat().st_size > 1 else pd.DataFrame()
     return [
         to_latex(linear_table(fits), out_dir / "linear_law.tex",
                  "Inverse linear law $L_f = a - b\\,L_{ft}$ (OLS; 95\\% intervals from run-clustered errors, "
@@ -459,7 +458,7 @@ def make_tables(fits_dir: Path, gradnorm_csv: Path, early_csv: Path, out_dir: Pa
                  "$\\star$: lowest AIC; extrapolation RMSE on each run's held-out largest-$N$ checkpoint and "
                  "on the held-out largest $P$).",
                  "tab:power-laws"),
-        to_latex(gradnorm_table(pd.read_csv(gradnorm_csv)), out_dir / "gradient_norms.tex",
+        to_latex(gradnorm_table(read_table(gradnorm_csv, schemas.GRADNORM_SPREAD)), out_dir / "gradient_norms.tex",
                  "Spread across ranks of the mean adapter gradient norm over training.", "tab:grad-norms"),
         to_latex(early_stopping_table(matched), out_dir / "early_stopping.tex",
                  "Forgetting of each rank at matched fine-tuning loss.", "tab:early-stopping"),
@@ -608,9 +607,9 @@ def eval_macros(m: Macros, runs: pd.DataFrame) -> None:
 
 
 def make_numbers(runs_csv: Path, fits_dir: Path, spread_csv: Path, stability_csv: Path | None, out: Path) -> Path:
-    runs = pd.read_csv(runs_csv)
-    fits = [json.loads(p.read_text()) for p in sorted(Path(fits_dir).glob("*.json"))]
-    stability = pd.read_csv(stability_csv) if stability_csv and Path(stability_csv).exists() else None
-    macros = collect(runs, fits, pd.read_csv(spread_csv), stability)
+    runs = read_table(runs_csv, RUNS_TABLE)
+    fits = load_fits(fits_dir)
+    stability = read_table(stability_csv, schemas.RANK_STABILITY_SLOPES) if stability_csv else None
+    macros = collect(runs, fits, read_table(spread_csv, schemas.GRADNORM_SPREAD), stability)
     eval_macros(macros, runs)
     return macros.write(out)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write_text
+from ..io import TableSpec, atomic_write_text, read_table
 
 REQUIRED_COLUMNS = [
     "model", "dataset", "method", "rank", "lr", "seed", "step", "trainable_params",
@@ -19,25 +19,21 @@ RUN_KEYS = ["model", "dataset", "method", "rank", "lr", "seed", "alpha", "max_st
 STEP_COLUMNS = ["model", "dataset", "method", "rank", "lr", "seed", "step", "grad_norm"]
 
 
-def check_columns(path: Path, required: list[str]) -> None:
-    """Refuse a table that lacks columns downstream code reads, naming the file and the columns.
-
-    Only the header is read. The way out is Snakemake's: once the damaged table is deleted, the next
-    run rebuilds it from the runs it was aggregated from.
-    """
-    from ..io import InputError
-
-    path = Path(path)
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pandas' parser errors name no file
-        raise InputError(f"{path}: not a readable CSV table ({type(exc).__name__}: {exc}); delete it and rerun") from exc
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise InputError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                         f"(it has {len(header)} columns); delete it and rerun to rebuild it")
+RUN_COORDINATES = ("model", "dataset", "method", "rank", "lr", "seed")
+RUNS_TABLE = TableSpec("repro aggregate's table of every run x checkpoint", tuple(REQUIRED_COLUMNS),
+                       text=("model", "dataset", "method", "run_dir"),
+                       integers=("rank", "seed", "step", "trainable_params"), complete=tuple(REQUIRED_COLUMNS))
+STEPS_TABLE = TableSpec("repro aggregate's per-step training log of every run", tuple(STEP_COLUMNS),
+                        text=("model", "dataset", "method"), integers=("rank", "seed", "step"),
+                        complete=tuple(STEP_COLUMNS))
+TRAIN_LOG = TableSpec("a run's training log (repro finetune)", ("step", "updated", "loss", "grad_norm", "grad_norm_global"),
+                      integers=("step", "updated"), complete=("step", "updated", "loss", "grad_norm", "grad_norm_global"),
+                      rebuild="delete the run folder and rerun to retrain it")
+EVAL_TABLE = TableSpec("a run's forgetting evaluation (repro evaluate forgetting)",
+                       ("step", "loss_ft", "loss_forget", "kl_forget", "base_entropy"), integers=("step",),
+                       complete=("step", "loss_ft", "loss_forget", "kl_forget", "base_entropy"))
+TASKS_TABLE = TableSpec("task scores per checkpoint (repro evaluate tasks)", ("step",), integers=("step",),
+                        complete=("step",))
 
 
 def run_table(summary_path: Path, with_tasks: bool = False) -> pd.DataFrame:
@@ -49,8 +45,8 @@ def run_table(summary_path: Path, with_tasks: bool = False) -> pd.DataFrame:
     for path in (eval_csv, log_csv):
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing (run 'repro evaluate' / 'repro finetune' for {run_dir})")
-    ev = pd.read_csv(eval_csv)
-    log = pd.read_csv(log_csv).set_index("step")
+    ev = read_table(eval_csv, EVAL_TABLE)
+    log = read_table(log_csv, TRAIN_LOG).set_index("step")
     # Log row s holds the loss and gradient at the parameters *before* update s, i.e. of checkpoint
     # s-1; the run ends with a probe row (no update) for the last checkpoint.
     probe = log.reindex(ev["step"] + 1)
@@ -67,7 +63,7 @@ def run_table(summary_path: Path, with_tasks: bool = False) -> pd.DataFrame:
         tasks_csv = run_dir / "tasks.csv"
         if not tasks_csv.exists():
             raise FileNotFoundError(f"{tasks_csv}: missing (run 'repro evaluate tasks' for {run_dir})")
-        tasks = pd.read_csv(tasks_csv)
+        tasks = read_table(tasks_csv, TASKS_TABLE)
         unknown = sorted(set(tasks["step"]) - set(ev["step"]))
         if unknown:
             raise ValueError(f"{tasks_csv}: steps {unknown} are not checkpoints of {run_dir}")
@@ -78,7 +74,7 @@ def run_table(summary_path: Path, with_tasks: bool = False) -> pd.DataFrame:
 
 def join_base_tasks(table: pd.DataFrame, base_csv: Path) -> pd.DataFrame:
     """Put the base model's scores on every run's step-0 row (the adapter is zero there)."""
-    base = pd.read_csv(base_csv)
+    base = read_table(base_csv, TASKS_TABLE)
     if list(base["step"]) != [0]:
         raise ValueError(f"{base_csv}: expected one row for step 0, got steps {list(base['step'])}")
     table = table.copy()
@@ -94,7 +90,7 @@ def step_table(summary_path: Path) -> pd.DataFrame:
     """The per-step training log of one run with its run coordinates (probe row excluded)."""
     summary_path = Path(summary_path)
     summary = json.loads(summary_path.read_text())
-    log = pd.read_csv(summary_path.parent / "train_log.csv")
+    log = read_table(summary_path.parent / "train_log.csv", TRAIN_LOG)
     log = log[log["updated"] == 1].copy()
     for key in RUN_KEYS:
         log[key] = summary[key]

@@ -58,6 +58,8 @@ def fetch_model(model_cfg: dict, out_dir: Path, downloads_dir: Path, dtype: str 
             "name": model_cfg["name"],
             "source": source,
             "weights": {name: sha256_file(tmp / name) for name in weights},
+            # Every file loading reads (weights, config.json, tokenizer files), checked on every load.
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
             **provenance,
         })
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -328,6 +330,50 @@ def check_model_dir(model_dir: str | Path) -> list[Path]:
     return weights
 
 
+VERIFIED = ".verified.json"
+
+
+def verify_model_files(model_dir: str | Path) -> None:
+    """Refuse a model folder whose files are not the ones it was fetched with: every file its manifest
+    lists (weights, config.json, tokenizer files; the weights only in a manifest written before file
+    lists were kept) must exist with the SHA-256 recorded then. Same-size damage is caught too. A file's
+    check is remembered by its size and modification time in ``.verified.json``, so each job pays for
+    hashing the weights only after they change."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST
+    refetch = f"delete the folder {model_dir} and rerun (the workflow fetches it again)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        listed = manifest.get("files") or manifest["weights"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{model_dir}: not a fetched model (no {MANIFEST}); run 'repro model fetch'") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest_path}: damaged model manifest ({type(exc).__name__}: {exc}); {refetch}") from exc
+    cache_path = model_dir / VERIFIED
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    fresh = {}
+    for name, expected in sorted(listed.items()):
+        path = model_dir / name
+        if not path.is_file():
+            raise InputError(f"{path}: listed in {manifest_path} but missing; {refetch}")
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, expected]
+        if cache.get(name) == stamp:
+            fresh[name] = stamp
+            continue
+        digest = sha256_file(path)
+        if digest != expected:
+            raise InputError(f"{path}: SHA-256 {digest[:12]}... does not match the {expected[:12]}... that "
+                             f"{manifest_path} records (the file changed after the model was fetched); {refetch}")
+        fresh[name] = stamp
+    if fresh != cache:
+        with contextlib.suppress(OSError), atomic_open(cache_path, "w") as fh:  # read-only: checked again next time
+            fh.write(json.dumps(fresh, indent=1, sort_keys=True))
+
+
 def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
     """Load a fetched model and tokenizer (safetensors only, no remote code)."""
     import torch
@@ -341,6 +387,7 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
     except InputError as exc:
         # The rule's output is the manifest only, so Snakemake refetches once the whole folder is gone.
         raise InputError(f"{exc}; delete {model_dir} and rerun ('repro model fetch' rebuilds it)") from exc
+    verify_model_files(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,

@@ -131,9 +131,10 @@ def cmd_aggregate(args) -> int:
     paths = aggregate(args.evals, args.estimators or [], args.manifests, args.out_dir)
     for name, p in paths.items():
         print(f"{name}: {p}")
-    import pandas as pd
+    from ..io import read_table
+    from .schemas import TE_SWEEP
 
-    sweep = pd.read_csv(paths["te_sweep"])
+    sweep = read_table(paths["te_sweep"], TE_SWEEP)
     if len(sweep):
         print(sweep.pivot_table(index=["c", "exact_te"], columns="estimator", values="te").to_string())
     return 0

@@ -13,10 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..io import atomic_write_text  # noqa: E402
+from ..io import atomic_write_text, read_table  # noqa: E402
 from ..report.latex import fmt, to_latex  # noqa: E402
 from ..report.numbers import Macros, macro_name  # noqa: E402
 from ..report.style import OKABE_ITO, STYLE, save  # noqa: E402
+from . import schemas  # noqa: E402
 
 VARIANT_LABEL = {"target": "target-only", "teb": "TEB (from context)", "teb0": r"TEB$_0$",
                  "deterministic": "deterministic", "joint": "joint input"}
@@ -29,7 +30,7 @@ TASK_LABEL = {"sines": "sinusoids", "digits": "rotating digits", "needle": "need
 def aggregate(evals: list[Path], estimators: list[Path], manifests: list[Path], out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ev = pd.concat([pd.read_csv(p) for p in evals], ignore_index=True)
+    ev = pd.concat([read_table(p, schemas.TASK_EVALS) for p in evals], ignore_index=True)
     info = {}
     for p in manifests:
         m = json.loads(Path(p).read_text())
@@ -38,7 +39,7 @@ def aggregate(evals: list[Path], estimators: list[Path], manifests: list[Path], 
     ev["c"] = ev["task"].map(lambda t: info.get(t, {}).get("c", np.nan))
     paths = {"evals": out_dir / "evals.csv"}
     atomic_write_text(paths["evals"], ev.to_csv(index=False))
-    est = pd.concat([pd.read_csv(p) for p in estimators], ignore_index=True) if estimators else pd.DataFrame(
+    est = pd.concat([read_table(p, schemas.ESTIMATORS) for p in estimators], ignore_index=True) if estimators else pd.DataFrame(
         columns=["task", "estimator", "te", "n", "exact_te", "c"])
     paths["estimators"] = out_dir / "estimators.csv"
     atomic_write_text(paths["estimators"], est.to_csv(index=False))
@@ -186,9 +187,9 @@ def fig_switch(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def make_figures(teb_dir: Path, out_dir: Path) -> list[Path]:
     teb_dir = Path(teb_dir)
-    ev = pd.read_csv(teb_dir / "evals.csv")
-    paths = fig_te_vs_exact(pd.read_csv(teb_dir / "te_sweep.csv"), out_dir)
-    paths += fig_info_plane(pd.read_csv(teb_dir / "info_plane.csv"), out_dir)
+    ev = read_table(teb_dir / "evals.csv", schemas.EVALS)
+    paths = fig_te_vs_exact(read_table(teb_dir / "te_sweep.csv", schemas.TE_SWEEP), out_dir)
+    paths += fig_info_plane(read_table(teb_dir / "info_plane.csv", schemas.INFO_PLANE), out_dir)
     paths += fig_switch(task_summary(ev), out_dir)
     return paths
 
@@ -230,7 +231,7 @@ def tasks_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def make_tables(teb_dir: Path, out_dir: Path) -> list[Path]:
     teb_dir = Path(teb_dir)
-    ev = pd.read_csv(teb_dir / "evals.csv")
+    ev = read_table(teb_dir / "evals.csv", schemas.EVALS)
     summary = task_summary(ev)
     paths = [to_latex(tasks_table(summary), Path(out_dir) / "teb_tasks.tex",
                       "TEB per task at each task's default $\\beta$: TE estimate on the model's own network "
@@ -239,7 +240,7 @@ def make_tables(teb_dir: Path, out_dir: Path) -> list[Path]:
                       "authors' code reports as its estimate, the TE estimate on switch events, and prediction "
                       "quality on switch and non-switch events (accuracy for digits and balls, MSE for "
                       "sinusoids and AR).", "tab:teb-tasks")]
-    paths.append(to_latex(sweep_table(pd.read_csv(teb_dir / "te_sweep.csv")), Path(out_dir) / "teb_te_sweep.tex",
+    paths.append(to_latex(sweep_table(read_table(teb_dir / "te_sweep.csv", schemas.TE_SWEEP)), Path(out_dir) / "teb_te_sweep.tex",
                           "Transfer entropy (nats) of the coupled AR(1) streams over the coupling $c$: exact value "
                           "and estimates on the same held-out windows (TEB, TEB$_0$: same-network estimate; TEB "
                           "gain: TEB's gain over the target-only model; deterministic and joint: their gain over "
@@ -252,8 +253,8 @@ def make_tables(teb_dir: Path, out_dir: Path) -> list[Path]:
 
 def collect_numbers(teb_dir: Path) -> Macros:
     teb_dir = Path(teb_dir)
-    ev = pd.read_csv(teb_dir / "evals.csv")
-    sweep = pd.read_csv(teb_dir / "te_sweep.csv")
+    ev = read_table(teb_dir / "evals.csv", schemas.EVALS)
+    sweep = read_table(teb_dir / "te_sweep.csv", schemas.TE_SWEEP)
     m = Macros("repro teb numbers")
     for c, g in sweep.groupby("c", sort=True) if len(sweep) else []:
         stem = macro_name("Teb", "Coupling", f"{c:g}".replace(".", "p"))
@@ -286,7 +287,7 @@ def collect_numbers(teb_dir: Path) -> Macros:
             metric = "mse" if s["kind"].iloc[0] == "sines" else "accuracy"
             m.add(vs + macro_name(metric, "Switch"), float(s.loc[variant, f"{metric}_switch"]))
             m.add(vs + macro_name(metric, "NoSwitch"), float(s.loc[variant, f"{metric}_noswitch"]))
-    plane = pd.read_csv(teb_dir / "info_plane.csv")
+    plane = read_table(teb_dir / "info_plane.csv", schemas.INFO_PLANE)
     m.add("TebNumModels", int(len(ev)))
     m.add("TebNumBetas", int(plane["beta"].nunique()) if len(plane) else 0)
     return m

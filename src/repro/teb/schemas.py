@@ -1,0 +1,26 @@
+"""The tidy tables of the TEB branch: what each must hold for its readers (``repro.io.read_table``).
+
+Text columns are declared; every other column holds numbers (or nothing where a value does not apply,
+e.g. the beta of a model without a bottleneck).
+"""
+
+from __future__ import annotations
+
+from ..io import TableSpec
+
+_MODEL = ("task", "kind", "variant")
+_REAGGREGATE = "delete it and rerun: teb_aggregate rebuilds it from the per-task evaluations"
+
+TASK_EVALS = TableSpec("one task's evaluation of its models (repro teb eval)",
+                       (*_MODEL, "beta", "seed", "te_estimate", "kl", "gain_vs_target"), text=_MODEL,
+                       integers=("seed",), complete=(*_MODEL, "seed"),
+                       rebuild="delete it and rerun: teb_eval rebuilds it from the trained models")
+EVALS = TableSpec("every TEB model's evaluation (repro teb aggregate)", TASK_EVALS.required, text=_MODEL,
+                  integers=("seed",), complete=(*_MODEL, "seed"), rebuild=_REAGGREGATE)
+ESTIMATORS = TableSpec("reference TE estimators on the AR tasks (repro teb estimators)",
+                       ("task", "estimator", "te"), text=("task", "estimator"), complete=("task", "estimator", "te"),
+                       rebuild="delete it and rerun: teb_estimators rebuilds it")
+TE_SWEEP = TableSpec("TE over the coupling sweep (repro teb aggregate)", ("task", "c", "exact_te", "estimator", "te"),
+                     text=("task", "estimator"), complete=("task", "estimator"), rebuild=_REAGGREGATE)
+INFO_PLANE = TableSpec("KL and TE over beta (repro teb aggregate)", ("task", "variant", "beta", "kl"),
+                       text=("task", "variant"), complete=("task", "variant", "beta"), rebuild=_REAGGREGATE)
