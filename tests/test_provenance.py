@@ -245,3 +245,39 @@ def test_inventory_names_each_figure_and_its_rule(tmp_path):
     assert ("\\resultfig{../results/figures/teb_te_vs_exact.pdf}{0.85\\linewidth}{\\texttt{teb te vs exact}.}"
             "{fig:teb-te-vs-exact}{teb\\_figures}") in text
     assert "\\inputif{../results/tables/teb_summary.tex}{table teb summary}" in text
+
+
+def test_collect_counts_only_the_jobs_the_targets_derive_from(tmp_path):
+    """Runs an earlier config left on disk (here run B, after `methods: [lora]`) are not counted; a run's
+    evaluations (written into its folder, read through its summary) are."""
+    from repro.provenance.collect import collect
+    from repro.provenance.manifest import SCHEMA
+
+    def manifest(command, output, *argv):
+        out = tmp_path / output
+        where = out / "provenance" / f"{command}.json" if not out.suffix else \
+            out.parent / "provenance" / f"{command}--{out.name}.json"
+        where.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"schema": SCHEMA, "command": command, "output": output, "cwd": str(tmp_path), "argv": list(argv),
+               "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:01+00:00", "wall_s": 1.0}
+        where.write_text(json.dumps(doc))
+
+    for run in ("A", "B"):
+        (tmp_path / f"results/lm/runs/{run}").mkdir(parents=True)
+        manifest("finetune", f"results/lm/runs/{run}", "--model-dir", "resources/models/m")
+        manifest("evaluate-forgetting", f"results/lm/runs/{run}/eval.csv", "--summary",
+                 f"results/lm/runs/{run}/summary.json")
+    (tmp_path / "resources/models/m").mkdir(parents=True)
+    manifest("model-fetch", "resources/models/m")
+    manifest("aggregate", "results/lm/runs.csv", "--out", "results/lm/runs.csv", "results/lm/runs/A/summary.json")
+    (tmp_path / "results/figures").mkdir(parents=True)
+    manifest("laws-figures", "results/figures", "--runs", "results/lm/runs.csv")
+    roots = [tmp_path / "results", tmp_path / "resources"]
+    everything = collect(roots, tmp_path / "all.json")
+    assert everything["summary"]["overall"]["jobs"] == 7
+    doc = collect(roots, tmp_path / "current.json", targets=[tmp_path / "results/figures/x.pdf"])
+    kept = sorted((m["command"], m["output"]) for m in doc["manifests"])
+    assert kept == [("aggregate", "results/lm/runs.csv"), ("evaluate-forgetting", "results/lm/runs/A/eval.csv"),
+                    ("finetune", "results/lm/runs/A"), ("laws-figures", "results/figures"),
+                    ("model-fetch", "resources/models/m")]
+    assert doc["summary"]["overall"]["jobs"] == 5

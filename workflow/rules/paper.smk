@@ -70,6 +70,8 @@ if TEB_PAPER_FIGURES or TEB_PAPER_TABLES:
             "repro paper inventory --out {output} --figures {params.figures} --tables {params.tables} > {log} 2>&1"
 
 
+# Counts the jobs the paper's results derive from, not every manifest on disk (runs an earlier config
+# left behind are not part of this paper).
 rule provenance_collect:
     input:
         PAPER_RESULTS,
@@ -87,7 +89,7 @@ rule provenance_collect:
         roots=[RESULTS, RESOURCES],
     shell:
         "repro provenance collect --out {output.json} --tex-macros {output.macros} --tex-table {output.table}"
-        " {params.roots} > {log} 2>&1"
+        " {params.roots} --targets {input} > {log} 2>&1"
 
 
 rule paper:

@@ -10,7 +10,7 @@ from pathlib import Path
 def cmd_collect(args) -> int:
     from .collect import collect
 
-    doc = collect(args.roots, args.out, args.tex_macros, args.tex_table)
+    doc = collect(args.roots, args.out, args.tex_macros, args.tex_table, targets=args.targets)
     o = doc["summary"]["overall"]
     print(f"{args.out}: {o.get('jobs', 0)} manifests, {len(doc['summary']['by_command'])} commands, "
           f"commits {o.get('commits', [])}")
@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("results/provenance.json"))
     p.add_argument("--tex-macros", type=Path, help="LaTeX macros summarising the run")
     p.add_argument("--tex-table", type=Path, help="LaTeX tables (per command; package versions)")
+    p.add_argument("--targets", nargs="+", type=Path,
+                   help="count only the jobs these files derive from (the workflow passes the paper's results)")
     p.add_argument("roots", nargs="*", type=Path, default=[Path("results"), Path("resources")],
                    help="folders searched for */provenance/*.json (default: results resources)")
     p.set_defaults(func=cmd_collect)

@@ -37,6 +37,58 @@ def load_manifests(roots, base: Path = Path(".")) -> list[dict]:
     return out
 
 
+def _norm(path: str, cwd: str | None) -> str:
+    import os
+
+    full = path if os.path.isabs(path) or not cwd else os.path.join(cwd, path)
+    return os.path.normpath(full)
+
+
+def lineage(manifests: list[dict], targets) -> list[dict]:
+    """The manifests of the jobs that ``targets`` derive from, and only those.
+
+    A job's inputs are the paths on its command line (the rules pass every file a command reads, or the
+    folder holding it). Starting from the jobs that wrote the targets, each job's inputs lead to the jobs
+    that wrote them: the job whose output is the path, or the folder-writing job (a fine-tuning run, a
+    model) whose folder holds it, with the other jobs that wrote into that folder (a run's evaluations).
+    What an earlier config left behind (runs, models, shapes no longer in the plan) is not reached.
+    """
+    import os
+
+    by_output: dict[str, list[dict]] = {}
+    in_folder: dict[str, list[dict]] = {}
+    for m in manifests:
+        out = _norm(m.get("output") or "", m.get("cwd"))
+        by_output.setdefault(out, []).append(m)
+        in_folder.setdefault(os.path.dirname(out), []).append(m)
+
+    def producers(path: str) -> list[dict]:
+        here = path
+        while True:
+            if here in by_output:
+                found = list(by_output[here])
+                if here != path or os.path.isdir(here):  # a folder output: its co-writers too
+                    found += in_folder.get(here, [])
+                return found
+            parent = os.path.dirname(here)
+            if parent == here:
+                return []
+            here = parent
+
+    seen: dict[int, dict] = {}
+    stack = [m for t in targets for m in producers(_norm(str(t), os.getcwd()))]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen[id(m)] = m
+        for token in m.get("argv") or []:
+            if token.startswith("-") or "/" not in token and not os.path.exists(_norm(token, m.get("cwd"))):
+                continue
+            stack += producers(_norm(token, m.get("cwd")))
+    return [m for m in manifests if id(m) in seen]
+
+
 def _device_label(m: dict) -> str:
     dev = m.get("device") or {}
     if dev.get("cuda"):
@@ -149,8 +201,13 @@ def render_tex(summary: dict) -> tuple[str, str]:
     return macro_text, table
 
 
-def collect(roots, out: Path, tex_macros: Path | None = None, tex_table: Path | None = None) -> dict:
+def collect(roots, out: Path, tex_macros: Path | None = None, tex_table: Path | None = None,
+            targets=None) -> dict:
+    """Gather the manifests under ``roots``; with ``targets``, only those of the jobs the targets derive
+    from (``lineage``), so runs an earlier config left on disk are not counted."""
     manifests = load_manifests(roots)
+    if targets is not None:
+        manifests = lineage(manifests, targets)
     summary = summarise(manifests)
     doc = {"schema": "repro-provenance-collection/1", "generated": utc_now(), "summary": summary,
            "manifests": manifests}
