@@ -8,6 +8,8 @@ SNAKEMAKE_ARGS ?=
 # `make paper CONFIGFILE=presets/test.yaml` (or results/config/resolved.json after `repro bundle unpack`).
 CONFIGFILE ?=
 CONFIG_ARG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE),)
+# A misspelled CONFIGFILE stops in one line, before Snakemake's own traceback.
+CHECK_CONFIGFILE = $(if $(CONFIGFILE),@test -f "$(CONFIGFILE)" || { echo "CONFIGFILE=$(CONFIGFILE): no such file" >&2; exit 2; })
 
 .PHONY: setup lock run dry-run-paper forecast paper report bundle test test-fast drills lint clean
 
@@ -63,7 +65,8 @@ lock: setup
 	$(BIN)/python -m repro.envs write
 
 run: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	$(CHECK_CONFIGFILE)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS) $(CONFIG_ARG)
 
 dry-run-paper: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake -n --configfile presets/paper.yaml
@@ -74,11 +77,13 @@ paper: setup
 	  echo "make paper needs TeX (latexmk, pdflatex, bibtex). Install it with:"; \
 	  echo "  sudo apt-get install -y --no-install-recommends texlive-latex-recommended latexmk"; \
 	  echo "or, with conda: conda env create -f envs/latex.yaml"; exit 1; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake paper/main.pdf --cores $(CORES) $(CONFIG_ARG) $(SNAKEMAKE_ARGS)
+	$(CHECK_CONFIGFILE)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake paper/main.pdf --cores $(CORES) $(SNAKEMAKE_ARGS) $(CONFIG_ARG)
 
 # HTML report of the run (figures and tables by study, with the code that made them).
 report: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake $(CONFIG_ARG) --report results/report.html
+	$(CHECK_CONFIGFILE)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html $(CONFIG_ARG)
 
 # Restorable results bundle: results/bundle-<confighash>.tar.zst (restore: .venv/bin/repro bundle unpack FILE).
 bundle: setup
@@ -104,6 +109,7 @@ drills: setup
 # Device-hours and jobs of a preset before submitting it:  make forecast PRESET=presets/paper.yaml
 PRESET ?= presets/paper.yaml
 forecast: setup
+	@test -f "$(PRESET)" || { echo "PRESET=$(PRESET): no such file" >&2; exit 2; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro forecast --configfile $(PRESET)
 
 # Snakemake's own linter (every rule has a log and a conda env), the Snakemake formatter, ruff.

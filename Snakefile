@@ -10,6 +10,8 @@ from pathlib import Path
 from repro.cli import tune_collector
 from repro.config import SCHEMA_PATH, ConfigError, validate_config
 from repro.io import write_if_changed
+from repro.locks import JOBS_LOCK, JOBS_LOCK_ENV, FolderBusyError, claim_results_folder
+from repro.preflight import PreflightError, check_run
 
 # Snakemake's process, like each job's, loads a large stack and exits: collected less often, and frozen
 # at exit (a dry run of the test preset: 2.9 against 2.2 CPU-s here).
@@ -20,11 +22,12 @@ tune_collector()
 if not workflow.overwrite_configfiles:
     workflow.configfile("config.yaml")
 
+CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml"
 try:
     config = validate_config(
         config,
         SCHEMA_PATH,  # inside the package, where every command reads it too
-        source=", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml",
+        source=CONFIG_SOURCE,
     )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
@@ -50,7 +53,26 @@ MODEL = config["model"]["name"]
 RESOLVED_CONFIG = f"{RESULTS}/config/resolved.json"
 
 
+# One run per results folder: a second one (another config, other targets) is refused before it writes
+# anything, and so is a run while jobs of a killed run are still going (repro.locks). Every job holds
+# the jobs lock named here for as long as it runs.
+os.environ[JOBS_LOCK_ENV] = str(Path(RESULTS, JOBS_LOCK).resolve())
+
+
+# Then the prerequisites of the rules about to run (CUDA, the SLURM controller and account, the
+# tracking server, the model hub), each in one line, before any job removes an old output
+# (repro.preflight).
 onstart:
+    try:
+        claim_results_folder(RESULTS, CONFIG_SOURCE)
+        check_run(
+            config,
+            {job.rule.name for job in workflow.dag.needrun_jobs()},
+            executor=getattr(workflow.executor_plugin, "name", "local"),
+            tracking_uri=TRACKING_URI,
+        )
+    except (FolderBusyError, PreflightError) as exc:
+        raise WorkflowError(str(exc)) from None
     write_if_changed(Path(RESOLVED_CONFIG), json.dumps(config, indent=2, sort_keys=True))
 
 

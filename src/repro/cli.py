@@ -119,15 +119,26 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_track(args) -> int:
+    import os
+
     from .tracking import TrackingError, experiment_name, public_uri, resolve_uri, track
+
+    # MLflow's client retries an unanswered server for minutes; one short retry, then a clear error.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
     cfg = load_config(args.configfile)
     uri = args.tracking_uri or resolve_uri(cfg["tracking"]["uri"])
     experiment = args.experiment or experiment_name(cfg)
+    from mlflow.exceptions import MlflowException
+
     try:
         doc = track(args.summaries, args.runs, uri, experiment, out=args.out)
     except TrackingError as exc:
         print(f"repro track: {exc}", file=sys.stderr)
+        return 2
+    except MlflowException as exc:
+        print(f"repro track: tracking server {public_uri(uri)}: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{n} {action}" for action, n in doc["counts"].items())
     print(f"{public_uri(uri)}, experiment {experiment!r} ({doc['experiment_id']}): {counts}")
@@ -223,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import time
 
+    from .locks import hold_jobs_lock
     from .provenance.manifest import utc_now, write_manifest
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    hold_jobs_lock()  # inside a workflow run: a later run sees this job even if its Snakemake dies
     started, t0 = utc_now(), time.perf_counter()
     try:
         code = args.func(args)

@@ -5,6 +5,7 @@ from repro.tracking import experiment_name, public_uri, resolve_uri
 
 TRACKING = config["tracking"]
 TRACKING_SUMMARY = f"{RESULTS}/tracking/mlflow.json"
+TRACKING_URI = resolve_uri(TRACKING["uri"])  # checked when a run that tracks starts (Snakefile onstart)
 
 if TRACKING["enabled"]:
     ALL_TARGETS.append(TRACKING_SUMMARY)
@@ -32,7 +33,7 @@ rule track_runs:
         config=RESOLVED_CONFIG,
         # Where the runs go (tracking.uri, else MLFLOW_TRACKING_URI, else the local store), password
         # removed: a new destination reruns the rule. The command resolves the full URI the same way.
-        destination=public_uri(resolve_uri(TRACKING["uri"])),
+        destination=public_uri(TRACKING_URI),
         experiment=experiment_name(config),
     shell:
         "repro track --configfile {params.config} --runs {input.runs} --experiment '{params.experiment}'"
