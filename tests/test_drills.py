@@ -19,6 +19,7 @@ the reference's outputs:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -294,7 +295,7 @@ def test_runs_table_missing_a_column(clean, tmp_path):
     runs.drop(columns=["loss_forget"]).to_csv(ws / "results/lm/runs.csv", index=False)
     assert sm(ws, "results/laws/fits.csv").returncode != 0
     log = log_of(ws, "logs/laws/fit_laws.log")
-    assert "results/lm/runs.csv: missing column loss_forget" in log, log[-2000:]
+    assert re.search(r"results/lm/runs.csv \(.*\): missing columns \['loss_forget'\]", log), log[-2000:]
     (ws / "results/lm/runs.csv").unlink()
     ok(sm(ws, "results/laws/fits.csv"))
     same_csv(ws, clean, "results/lm/runs.csv")
@@ -312,6 +313,116 @@ def test_damaged_teb_task_tensors(clean, tmp_path):
     ok(sm(ws, f"{TEB_TARGET}/summary.json", f"{TEB_MODEL}/summary.json"))
     same_teb_model(ws, clean, TEB_TARGET)
     same_teb_model(ws, clean, TEB_MODEL)
+
+
+def _overwrite_inside(path: Path, n_bytes: int) -> None:
+    """Same-size damage: ``n_bytes`` zeroed just before the end (tensor data, not the header)."""
+    data = bytearray(path.read_bytes())
+    data[-n_bytes - 40:-40] = bytes(n_bytes)
+    path.write_bytes(bytes(data))
+
+
+def test_same_size_damage_in_a_checkpoint_is_caught_and_retraining_recovers(clean, tmp_path):
+    """64 bytes changed in a checkpoint (its size and header intact): the evaluation refuses it against the
+    SHA-256 its run's summary records, and the documented recovery, deleting the run folder and running
+    the plain command, retrains and re-evaluates it to the same numbers."""
+    ws = copy_of(clean, tmp_path)
+    ckpt = f"{RUN}/checkpoints/step-000008/adapter_model.safetensors"
+    _overwrite_inside(ws / ckpt, 64)
+    assert sm(ws, f"{RUN}/eval.csv", "--forcerun", "evaluate").returncode != 0
+    log = log_of(ws, RUN_LOG)
+    assert re.search(rf"{re.escape(ckpt)}: SHA-256 \w+\.\.\. differs from", log), log[-2000:]
+    assert f"delete the run folder {RUN} and rerun" in log
+    shutil.rmtree(ws / RUN)
+    ok(sm(ws, f"{RUN}/eval.csv", f"{RUN}/tasks.csv", "results/lm/runs.csv"))
+    same_bytes(ws, clean, ckpt, f"{RUN}/eval.csv")
+    same_csv(ws, clean, "results/lm/runs.csv")
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "config.json"])
+def test_model_file_changed_in_place(clean, tmp_path, file):
+    """256 bytes of the weights zeroed, or config.json edited (hidden_act): every job that loads the model
+    refuses it against its manifest, naming the file; deleting the model folder refetches the same model."""
+    ws = copy_of(clean, tmp_path)
+    path = f"resources/models/{MODEL}/{file}"
+    if file == "config.json":
+        (ws / path).write_text((ws / path).read_text().replace('"silu"', '"gelu"'))
+    else:
+        _overwrite_inside(ws / path, 256)
+    assert sm(ws, f"{RUN}/eval.csv", "--forcerun", "evaluate").returncode != 0
+    log = log_of(ws, RUN_LOG)
+    assert f"{path}: SHA-256" in log and f"delete the folder resources/models/{MODEL} and rerun" in log, log[-2000:]
+    shutil.rmtree(ws / f"resources/models/{MODEL}")
+    ok(sm(ws, f"{RUN}/eval.csv"))
+    same_bytes(ws, clean, path, f"{RUN}/eval.csv")
+
+
+def _cut_last_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+
+
+def _letters_in_loss(path: Path) -> None:
+    table = pd.read_csv(path)
+    table["loss_forget"] = table["loss_forget"].astype(object)
+    table.loc[3, "loss_forget"] = "n/a"
+    table.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("damage, message", [(_cut_last_line, "its last line has no line break"),
+                                             (_letters_in_loss, "row 4, column 'loss_forget': 'n/a' is not a number")])
+def test_damaged_runs_table(clean, tmp_path, damage, message):
+    """runs.csv cut in its last line, or with text in a number column: refused naming the file, row and
+    column (a lenient read took NaN cells and moved the paper's macros to another run)."""
+    ws = copy_of(clean, tmp_path)
+    damage(ws / "results/lm/runs.csv")
+    assert sm(ws, "results/laws/fits.csv").returncode != 0
+    log = log_of(ws, "logs/laws/fit_laws.log")
+    assert "results/lm/runs.csv (" in log and message in log and "delete it and rerun" in log, log[-2000:]
+    (ws / "results/lm/runs.csv").unlink()
+    ok(sm(ws, "results/laws/fits.csv"))
+    same_csv(ws, clean, "results/lm/runs.csv")
+    same_bytes(ws, clean, *LAW_FILES)
+
+
+def test_cut_teb_table(clean, tmp_path):
+    ws = copy_of(clean, tmp_path)
+    tables = "results/tables/teb_tasks.tex"
+    ok(sm(ws, tables))
+    reference = (ws / tables).read_bytes()
+    _cut_last_line(ws / "results/teb/evals.csv")
+    assert sm(ws, tables, "--forcerun", "teb_tables").returncode != 0
+    log = log_of(ws, "logs/teb/tables.log")
+    assert "results/teb/evals.csv (" in log and "its last line has no line break" in log, log[-2000:]
+    (ws / "results/teb/evals.csv").unlink()
+    ok(sm(ws, tables))
+    assert (ws / tables).read_bytes() == reference
+
+
+def test_deleted_fit_json(clean, tmp_path):
+    """One fit's JSON deleted: the tables and numbers refuse to be made without it (they used to drop the
+    law silently), and deleting fits.csv as the message says refits both."""
+    ws = copy_of(clean, tmp_path)
+    numbers = "results/numbers.tex"
+    ok(sm(ws, numbers))
+    reference = (ws / numbers).read_text()
+    victim = sorted((ws / "results/laws/fits").glob("*linear.json"))[0]
+    victim.unlink()
+    assert sm(ws, numbers, "--forcerun", "numbers").returncode != 0
+    log = log_of(ws, "logs/laws/numbers.log")
+    assert f"no JSON for ['{victim.name}']" in log and "delete results/laws/fits.csv and rerun" in log, log[-2000:]
+    (ws / "results/laws/fits.csv").unlink()
+    ok(sm(ws, numbers))
+    assert (ws / numbers).read_text() == reference
+
+
+def test_single_rank_law_table_says_why(clean, tmp_path):
+    """`ranks: [1]`: no exponent is identifiable; the law tables say so instead of the fit crashing."""
+    ws = copy_of(clean, tmp_path)
+    drill_config(ws, ranks=[1])
+    ok(sm(ws, "results/tables/linear_law.tex", "results/tables/power_laws.tex"))
+    assert "insufficient runs" in (ws / "results/tables/linear_law.tex").read_text()
+    assert "one value of P" in (ws / "results/tables/power_laws.tex").read_text()
 
 
 # ------------------------------------------------------------------------------------- disk full
@@ -391,6 +502,123 @@ def test_second_snakemake_in_the_same_folder_is_refused(clean, tmp_path):
         same_csv(ws, clean, rel)
     locks = ws / ".snakemake/locks"
     assert not locks.exists() or not any(locks.iterdir()), "the first run releases its lock"
+
+
+def _start_paused(ws: Path, *targets: str, seconds: int = 40) -> subprocess.Popen:
+    """A run whose forgetting evaluation waits ``seconds`` after its pass, once its job holds the folder's
+    jobs lock (repro.locks)."""
+    from repro.locks import lock_holders
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "REPRO_PAUSE_AT": f"evaluate:after-forgetting-pass:{seconds}"}
+    run = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", *targets, "--configfile", CONFIG], cwd=ws,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not lock_holders(ws / "results/.jobs.lock"):
+        assert run.poll() is None and time.monotonic() < deadline, "the paused job never started"
+        time.sleep(0.2)
+    return run
+
+
+def test_second_run_with_another_config_is_refused(clean, tmp_path):
+    """Another config and targets that do not overlap (Snakemake's lock lets it through): refused before it
+    writes anything, so the first run's jobs keep reading their own resolved config."""
+    ws = copy_of(clean, tmp_path)
+    resolved = (ws / "results/config/resolved.json").read_bytes()
+    not_yet_made(ws, f"{RUN}/eval.csv")
+    first = _start_paused(ws, f"{RUN}/eval.csv")
+    try:
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        second = subprocess.run([str(BIN / "snakemake"), "--cores", "1", "results/compression/enumerate/n6_d1.json"],
+                                cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+        out = second.stdout + second.stderr
+        assert second.returncode != 0 and "another run is using this results folder" in out, out[-3000:]
+        assert (ws / "results/config/resolved.json").read_bytes() == resolved
+        assert not (ws / "results/compression/enumerate/n6_d1.json").exists()
+        first_out, _ = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, first_out[-3000:]
+    same_csv(ws, clean, f"{RUN}/eval.csv")
+
+
+def test_run_over_jobs_of_a_killed_snakemake_is_refused(clean, tmp_path):
+    """SIGKILL of Snakemake alone: its job runs on. `--unlock` then a rerun used to find nothing to do while
+    the orphan was still writing; the rerun is refused naming the job's pid, and once the job has ended
+    `--rerun-incomplete` redoes what it was writing."""
+    from repro.locks import lock_holders
+
+    ws = copy_of(clean, tmp_path)
+    target = f"{RUN}/eval.csv"
+    not_yet_made(ws, target)
+    run = _start_paused(ws, target, seconds=30)
+    orphans = lock_holders(ws / "results/.jobs.lock")
+    os.kill(run.pid, signal.SIGKILL)  # Snakemake only, not its process group
+    run.communicate(timeout=60)
+    try:
+        ok(sm(ws, "--unlock"))
+        again = sm(ws, target)
+        out = again.stdout + again.stderr
+        assert again.returncode != 0, out[-3000:]
+        assert f"jobs of an earlier run are still running (pids {' '.join(map(str, orphans))})" in out, out[-3000:]
+        deadline = time.monotonic() + 120
+        while lock_holders(ws / "results/.jobs.lock"):
+            assert time.monotonic() < deadline, "the orphaned job never ended"
+            time.sleep(0.5)
+    finally:
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    ok(sm(ws, target, "--rerun-incomplete"))
+    same_csv(ws, clean, target)
+
+
+# ------------------------------------------------------------------------- missing prerequisites
+
+
+def _refused_in_one_line(proc, message: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    line = next((line for line in out.splitlines() if message in line), None)
+    assert line is not None, out[-3000:]
+    assert "Traceback" not in out and "Error in rule" not in out, out[-3000:]
+
+
+def test_unreachable_tracking_server_stops_the_run_and_keeps_results(clean, tmp_path):
+    ws = copy_of(clean, tmp_path)
+    summary = "results/tracking/mlflow.json"
+    ok(sm(ws, summary))
+    kept = (ws / summary).read_bytes()
+    start = time.monotonic()
+    proc = sm(ws, summary, "--forcerun", "track_runs", MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    _refused_in_one_line(proc, "tracking server http://127.0.0.1:9 does not answer within 5 s")
+    assert time.monotonic() - start < 60
+    assert (ws / summary).read_bytes() == kept
+
+
+def test_cuda_config_without_cuda_and_hub_model_without_network(clean, tmp_path):
+    ws = copy_of(clean, tmp_path)
+    _refused_in_one_line(sm(ws, f"{RUN}/eval.csv", "--config", "device=cuda"),
+                         "device: 'cuda', but torch")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(BIN / "snakemake"), "--cores", "1", "resources/models/llama-2-7b-chat/manifest.json",
+                           "--configfile", "presets/paper.yaml"], cwd=ws, env=env, capture_output=True, text=True,
+                          timeout=300)
+    _refused_in_one_line(proc, "model 'meta-llama/Llama-2-7b-chat-hf' is not fetched yet and HF_HUB_OFFLINE=1")
+    same_csv(ws, clean, f"{RUN}/eval.csv")
+
+
+def test_slurm_profile_without_a_cluster_touches_nothing(clean, tmp_path):
+    """No controller to submit to (the cluster is down, or this is not a login node): one line, and no job
+    has removed its outputs (a failed submission used to empty results/compression/enumerate/)."""
+    ws = copy_of(clean, tmp_path)
+    before = sorted((ws / "results/compression/enumerate").iterdir())
+    proc = sm(ws, "--workflow-profile", "profiles/slurm", "--forcerun", "compression_enumerate",
+              *[f"results/compression/enumerate/{p.name}" for p in before])
+    _refused_in_one_line(proc, "SLURM")
+    assert sorted((ws / "results/compression/enumerate").iterdir()) == before
 
 
 # ------------------------------------------------------------------------------------------ SLURM

@@ -74,8 +74,7 @@ def claim_results_folder(folder: str | Path, config_source: str) -> None:
             who = "another Snakemake"
         raise FolderBusyError(
             f"{folder}: another run is using this results folder ({who}). Wait for it to finish: two runs "
-            "in one folder would mix their settings (a config with its own `results:` folder can run "
-            "beside it)") from None
+            "in one folder would mix their settings") from None
     jobs_path = folder / JOBS_LOCK
     with open(jobs_path, "a+") as jobs:
         try:
