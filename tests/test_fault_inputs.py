@@ -131,22 +131,21 @@ def _short_row(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _letters_in_a_number(path: Path) -> None:
+def _set_cell(path: Path, row: int, column: str, value: str) -> None:
+    """Row ``row`` (1 = the first after the header) gets ``value`` in ``column``, written as text."""
     lines = path.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[2].split(",")
-    cells[header.index("loss_forget")] = "6.2x"
-    lines[2] = ",".join(cells)
+    cells = lines[row].split(",")
+    cells[lines[0].split(",").index(column)] = value
+    lines[row] = ",".join(cells)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _letters_in_a_number(path: Path) -> None:
+    _set_cell(path, 2, "loss_forget", "6.2x")
 
 
 def _empty_loss(path: Path) -> None:
-    lines = path.read_text().splitlines()
-    header = lines[0].split(",")
-    cells = lines[3].split(",")
-    cells[header.index("loss_ft")] = ""
-    lines[3] = ",".join(cells)
-    path.write_text("\n".join(lines) + "\n")
+    _set_cell(path, 3, "loss_ft", "")
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from repro import locks
-from repro.preflight import PreflightError, check_cuda, check_hub_model, check_run, check_slurm, check_tracking
+from repro.preflight import (
+    PreflightError,
+    check_cuda,
+    check_hub_model,
+    check_run,
+    check_slurm,
+    check_tracking,
+)
 
 
 @pytest.fixture

@@ -73,12 +73,10 @@ def model_fingerprint(model_dir: str | Path) -> str:
     manifest records them (not when or from where it was fetched), so a refetch of the same weights
     keeps the runs trained on them, and other weights never resume them."""
     path = Path(model_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{Path(model_dir)}: not a fetched model (no {MANIFEST}); run 'repro model fetch'") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: damaged model manifest ({exc}); delete {Path(model_dir)} and rerun") from exc
+    # The folder's files must be the manifest's: results cached under this identity are not reused for a
+    # model that changed since (checked by size and modification time, hashed only after a change).
+    verify_model_files(model_dir)
+    manifest = json.loads(path.read_text())
     return identity_hash({k: manifest.get(k) for k in ("name", "source", "weights")})
 
 
