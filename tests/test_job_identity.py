@@ -115,6 +115,18 @@ def test_direct_finetune_refuses_state_of_other_settings_and_the_workflow_restar
     assert (run / "superseded/state/identity.json").exists()
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(at: int):
+    def on_step(step):
+        if step == at:
+            raise _Stop
+
+    return on_step
+
+
 def test_state_without_identity_or_of_another_model_is_not_resumed(tiny_model_dir, instruct_rows, tmp_path):
     rows = instruct_rows["train"]
     run = tmp_path / "run"
@@ -123,6 +135,13 @@ def test_state_without_identity_or_of_another_model_is_not_resumed(tiny_model_di
     with pytest.raises(StaleStateError, match="records no identity"):
         train_run(tiny_run_spec(max_steps=4), tiny_model_dir, rows, run, progress=False)
     train_run(tiny_run_spec(max_steps=4), tiny_model_dir, rows, run, progress=False, restart_stale=True)
+    # Killed before its first checkpoint (the folder holds its identity only): starts again, no refusal.
+    shutil.rmtree(run)
+    with pytest.raises(_Stop):
+        train_run(tiny_run_spec(max_steps=4), tiny_model_dir, rows, run, progress=False, on_step=_stop_at(1))
+    shutil.rmtree(run / "checkpoints")
+    shutil.rmtree(run / "state/resume")
+    assert train_run(tiny_run_spec(max_steps=4), tiny_model_dir, rows, run, progress=False)["resumed_from"] == 0
     # Other training data: refused, naming it.
     with pytest.raises(StaleStateError, match="train_sha256"):
         train_run(tiny_run_spec(max_steps=4), tiny_model_dir, rows[1:], run, progress=False)

@@ -194,7 +194,8 @@ def _stale_reasons(run_dir: Path, identity: dict, grid: list[int], max_steps: in
         return [f"its resume state was saved under identity {state_hash}, not the {saved_hash} its folder records"]
     if step > max_steps:
         return [f"its saved state is at step {step}, beyond max_steps {max_steps}"]
-    missing = [s for s in grid if s <= step and not (_checkpoint_path(ckpt_dir, s) / ADAPTER_FILE).exists()]
+    # A run without resumable state starts at step 0 and saves every checkpoint itself.
+    missing = [s for s in grid if 0 < step and s <= step and not (_checkpoint_path(ckpt_dir, s) / ADAPTER_FILE).exists()]
     if missing:
         return [f"the checkpoint grid asks for steps {missing} at or before its saved step {step}, "
                 "which it did not save"]
