@@ -149,9 +149,14 @@ def not_yet_made(ws: Path, *rels: str) -> None:
 
     Snakemake does not rebuild a missing file whose consumers are up to date, so a drill removes the
     job's outputs and everything downstream of them up to its target, as a first run would find them.
+    A run's evaluation results are also cached per checkpoint (``<run>/eval_cache/``): a first run has
+    none, so they go with the evaluation's output.
     """
+    caches = {"eval.csv": "forgetting", "tasks.csv": "tasks"}
     for rel in rels:
         (ws / rel).unlink()
+        if Path(rel).name in caches:
+            shutil.rmtree(ws / Path(rel).parent / "eval_cache" / caches[Path(rel).name], ignore_errors=True)
 
 
 def test_killed_fine_tuning_resumes_from_its_last_saved_state(clean, tmp_path):
