@@ -64,6 +64,7 @@ rule teb_target:
     output:
         model=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/model.pt",
         summary=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
+        epochs=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/log.csv",
     log:
         "logs/teb/target/{task}_seed{seed}.log",
     conda:
@@ -87,6 +88,7 @@ rule teb_train:
     output:
         model=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/model.pt",
         summary=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/summary.json",
+        epochs=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/log.csv",
     log:
         "logs/teb/train/{task}_{variant}_beta{beta}_seed{seed}.log",
     wildcard_constraints:
