@@ -170,7 +170,7 @@ def test_fit_details_must_match_the_fits_table(tmp_path):
     """A fit JSON deleted, added or damaged is refused: the readers would silently drop or add a law."""
     import pandas as pd
 
-    from repro.laws.fits import fit_file_name, load_fits
+    from repro.laws.schemas import fit_file_name, load_fits
 
     laws = tmp_path / "laws"
     (laws / "fits").mkdir(parents=True)

@@ -37,6 +37,7 @@ from .powerlaw import (
     predict,
     to_raw_units,
 )
+from .schemas import fit_file_name
 
 GROUP = ["model", "dataset", "method"]
 RUN = ["rank", "lr", "seed"]
@@ -413,37 +414,3 @@ def run_fits(runs_csv: Path, out_dir: Path, families: list[str], targets: list[s
     # fits.csv last: it is the rule's first output, so a kill before it leaves the job incomplete.
     atomic_write_text(out_dir / "fits.csv", table.to_csv(index=False))
     return table
-
-
-def fit_file_name(fit: dict) -> str:
-    """The JSON file of one fit in the fits folder (one per model, dataset, method, target and family)."""
-    return "_".join(str(fit[k]) for k in (*GROUP, "target", "family")) + ".json"
-
-
-def load_fits(fits_dir: Path) -> list[dict]:
-    """Every fit that ``fits.csv`` (beside the folder) lists, each read from its JSON, in file-name order.
-
-    The readers take the fits' details from the JSONs; a JSON missing, extra or damaged would silently
-    change what they show, so each is checked against the table fit_laws wrote with it.
-    """
-    from ..io import InputError
-    from .schemas import FITS
-
-    fits_dir = Path(fits_dir)
-    table_path = fits_dir.parent / "fits.csv"
-    table = read_table(table_path, FITS)
-    redo = f"delete {table_path} and rerun (fit_laws writes both again)"
-    listed = sorted({fit_file_name(row) for row in table[[*GROUP, "target", "family"]].to_dict("records")})
-    present = sorted(p.name for p in fits_dir.glob("*.json")) if fits_dir.is_dir() else []
-    missing, extra = sorted(set(listed) - set(present)), sorted(set(present) - set(listed))
-    if missing or extra:
-        raise InputError(f"{fits_dir}: does not match {table_path}"
-                         + (f"; no JSON for {missing}" if missing else "")
-                         + (f"; JSON not in the table: {extra}" if extra else "") + f"; {redo}")
-    fits = []
-    for name in listed:
-        try:
-            fits.append(json.loads((fits_dir / name).read_text()))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{fits_dir / name}: damaged fit ({type(exc).__name__}: {exc}); {redo}") from exc
-    return fits

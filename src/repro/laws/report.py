@@ -24,8 +24,8 @@ from ..report.latex import fmt, tex_escape, to_latex, with_ci  # noqa: E402
 from ..report.numbers import Macros, macro_name  # noqa: E402
 from ..report.style import OKABE_ITO, STYLE, ordered_colours, save  # noqa: E402
 from . import schemas  # noqa: E402
-from .fits import load_fits  # noqa: E402
 from .scalings import PRIMARY_OPTIMIZER, SCALING_LABEL, SCALING_RULES  # noqa: E402
+from .schemas import load_fits  # noqa: E402
 
 METHOD_LABEL = {"lora": r"LoRA ($\gamma_r=\alpha/r$)", "rslora": r"rsLoRA ($\gamma_r=\alpha/\sqrt{r}$)"}
 TARGET_LABEL = {"loss_forget": r"forgetting $L_f$ (nats/token)", "loss_ft": r"fine-tuning loss $L_{ft}$ (nats/token)"}
