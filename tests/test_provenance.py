@@ -247,9 +247,10 @@ def test_inventory_names_each_figure_and_its_rule(tmp_path):
     assert "\\inputif{../results/tables/teb_summary.tex}{table teb summary}" in text
 
 
-def test_collect_counts_only_the_jobs_the_targets_derive_from(tmp_path):
+def test_collect_counts_only_the_jobs_the_targets_derive_from(tmp_path, monkeypatch):
     """Runs an earlier config left on disk (here run B, after `methods: [lora]`) are not counted; a run's
-    evaluations (written into its folder, read through its summary) are."""
+    evaluations (written into its folder, read through its summary) are. The manifests were written in
+    another folder: a workspace copied or restored keeps its lineage (paths are the workflow root's)."""
     from repro.provenance.collect import collect
     from repro.provenance.manifest import SCHEMA
 
@@ -258,7 +259,7 @@ def test_collect_counts_only_the_jobs_the_targets_derive_from(tmp_path):
         where = out / "provenance" / f"{command}.json" if not out.suffix else \
             out.parent / "provenance" / f"{command}--{out.name}.json"
         where.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"schema": SCHEMA, "command": command, "output": output, "cwd": str(tmp_path), "argv": list(argv),
+        doc = {"schema": SCHEMA, "command": command, "output": output, "cwd": "/elsewhere/ws", "argv": list(argv),
                "start": "2026-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:01+00:00", "wall_s": 1.0}
         where.write_text(json.dumps(doc))
 
@@ -272,10 +273,11 @@ def test_collect_counts_only_the_jobs_the_targets_derive_from(tmp_path):
     manifest("aggregate", "results/lm/runs.csv", "--out", "results/lm/runs.csv", "results/lm/runs/A/summary.json")
     (tmp_path / "results/figures").mkdir(parents=True)
     manifest("laws-figures", "results/figures", "--runs", "results/lm/runs.csv")
-    roots = [tmp_path / "results", tmp_path / "resources"]
+    monkeypatch.chdir(tmp_path)  # the rules run in the workflow root
+    roots = [Path("results"), Path("resources")]
     everything = collect(roots, tmp_path / "all.json")
     assert everything["summary"]["overall"]["jobs"] == 7
-    doc = collect(roots, tmp_path / "current.json", targets=[tmp_path / "results/figures/x.pdf"])
+    doc = collect(roots, tmp_path / "current.json", targets=[Path("results/figures/x.pdf")])
     kept = sorted((m["command"], m["output"]) for m in doc["manifests"])
     assert kept == [("aggregate", "results/lm/runs.csv"), ("evaluate-forgetting", "results/lm/runs/A/eval.csv"),
                     ("finetune", "results/lm/runs/A"), ("laws-figures", "results/figures"),

@@ -38,10 +38,14 @@ def load_manifests(roots, base: Path = Path(".")) -> list[dict]:
 
 
 def _norm(path: str, cwd: str | None) -> str:
+    """A path as the workflow root sees it: relative paths stay relative (a workspace copied, moved or
+    restored from a bundle keeps its lineage), absolute ones inside the job's working folder become
+    relative to it."""
     import os
 
-    full = path if os.path.isabs(path) or not cwd else os.path.join(cwd, path)
-    return os.path.normpath(full)
+    if os.path.isabs(path) and cwd and os.path.normpath(path).startswith(os.path.normpath(cwd) + os.sep):
+        path = os.path.relpath(path, cwd)
+    return os.path.normpath(path)
 
 
 def lineage(manifests: list[dict], targets) -> list[dict]:
@@ -77,6 +81,7 @@ def lineage(manifests: list[dict], targets) -> list[dict]:
 
     seen: dict[int, dict] = {}
     stack = [m for t in targets for m in producers(_norm(str(t), os.getcwd()))]
+    # Relative paths are read from the current folder: the workflow root, where the rules run.
     while stack:
         m = stack.pop()
         if id(m) in seen:
