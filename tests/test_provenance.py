@@ -92,6 +92,8 @@ def test_collect_summarises_manifests_for_the_appendix(tmp_path, monkeypatch):
     ("results/data/m/provenance/data-build.json", True),
     ("results/data/m/finetune/train.jsonl", False),
     ("results/bundle-abc.tar.zst", False),
+    ("results/.run.json", False),
+    ("results/.jobs.lock", False),
     ("results/paper/build/main.aux", False),
     ("results/teb/checkpoints/model.pt", False),
     ("resources/models/m/manifest.json", True),

@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from ..config import config_hash
 from ..io import atomic_path, sha256_file
+from ..locks import JOBS_LOCK, RUN_INFO, RUN_LOCK
 from .manifest import MANIFEST_DIR, git_state, package_versions, utc_now
 
 INDEX = ".bundle/index.json"
@@ -82,6 +83,8 @@ def selection_reason(rel: PurePosixPath) -> str | None:
         name = parts[-1]
         if len(parts) == 2 and name.startswith("bundle-") and ".tar" in name:
             return "a bundle"
+        if len(parts) == 2 and name in (RUN_LOCK, RUN_INFO, JOBS_LOCK):
+            return "the run's locks (repro.locks)"
         if parts[1:3] == ("paper", "build"):
             return "LaTeX build folder"
         if parts[1] == "data" and len(parts) >= 4 and not (
