@@ -251,3 +251,15 @@ def test_atomic_path_under_a_full_disk_leaves_nothing(tmp_path):
     assert is_disk_full(RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
                                      'message: "No space left on device" })'))
     assert not is_disk_full(ValueError("bad value"))
+
+
+def test_quoted_text_cells_with_commas_and_line_breaks_are_read(tmp_path):
+    """A status like 'degenerate: a, b' or a multi-line message is one cell, not extra fields or rows."""
+    import pandas as pd
+
+    from repro.io import TableSpec, read_table
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"status": ["ok", "degenerate: one P, one N\nsee log"], "value": [1.0, None]}).to_csv(path, index=False)
+    table = read_table(path, TableSpec("a test table", ("status", "value"), text=("status",)))
+    assert list(table["status"]) == ["ok", "degenerate: one P, one N\nsee log"]

@@ -160,6 +160,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def rows_sha256(rows: list[dict]) -> str:
+    """SHA-256 of a data set's rows as a job read them (the same content hashes the same, from any file)."""
+    import json
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
 def json_default(value):
     """``json.dumps(default=...)`` for numpy scalars: bools stay bools, integers integers."""
     import numpy as np
@@ -251,6 +258,7 @@ def read_table(path: str | Path, spec: TableSpec):
     the file, the row (1 = the first line after the header) and the column.
     """
     import csv
+    import io
 
     import pandas as pd
 
@@ -267,7 +275,7 @@ def read_table(path: str | Path, spec: TableSpec):
         raise fail("empty")
     if not raw.endswith("\n"):
         raise fail("its last line has no line break (the file was cut while it was written)")
-    rows = list(csv.reader(raw.splitlines()))
+    rows = list(csv.reader(io.StringIO(raw, newline="")))
     header, body = rows[0], rows[1:]
     missing = [c for c in spec.required if c not in header]
     if missing:

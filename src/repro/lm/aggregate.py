@@ -19,7 +19,6 @@ RUN_KEYS = ["model", "dataset", "method", "rank", "lr", "seed", "alpha", "max_st
 STEP_COLUMNS = ["model", "dataset", "method", "rank", "lr", "seed", "step", "grad_norm"]
 
 
-RUN_COORDINATES = ("model", "dataset", "method", "rank", "lr", "seed")
 RUNS_TABLE = TableSpec("repro aggregate's table of every run x checkpoint", tuple(REQUIRED_COLUMNS),
                        text=("model", "dataset", "method", "run_dir"),
                        integers=("rank", "seed", "step", "trainable_params"), complete=tuple(REQUIRED_COLUMNS))

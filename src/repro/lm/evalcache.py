@@ -45,9 +45,3 @@ class CheckpointCache:
         # Key order kept: a cached row comes back with its columns in the order they were computed.
         atomic_write_text(self._path(step), json.dumps(doc))
 
-
-def rows_sha256(rows: list[dict]) -> str:
-    """SHA-256 of a data set's rows as the job read them (the same content hashes the same, from any file)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()

@@ -41,10 +41,10 @@ from ..io import (
     atomic_open,
     atomic_write_text,
     identity_hash,
+    rows_sha256,
     settings_diff,
     sha256_file,
 )
-from .evalcache import rows_sha256
 from .runs import LENGTH_KEYS, TIMING_ONLY, checkpoint_grid
 from .step import (  # noqa: F401  (causal_lm_loss and compile_decoder_layers are this module's API too)
     StepOptions,

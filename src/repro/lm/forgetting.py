@@ -495,7 +495,8 @@ def evaluate_run(
     """
     from tqdm.auto import tqdm
 
-    from .evalcache import CheckpointCache, rows_sha256
+    from ..io import rows_sha256
+    from .evalcache import CheckpointCache
     from .models import model_fingerprint
 
     run_dir, summary, checkpoints, digests = _read_run(summary_path)
