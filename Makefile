@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
-# `make paper CONFIGFILE=presets/test.yaml` (or results/config/resolved.json after `repro bundle unpack`).
+# `make paper CONFIGFILE=presets/test.yaml` (or <results>/config/resolved.json after `repro bundle unpack`).
+# Each config writes into its own folder: results/ for config.yaml, results-<name>/ for <name>.yaml.
 CONFIGFILE ?=
 CONFIG_ARG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE),)
+RESULTS_DIR = $$($(BIN)/repro config results-dir $(CONFIG_ARG))
 # A misspelled CONFIGFILE stops in one line, before Snakemake's own traceback.
 CHECK_CONFIGFILE = $(if $(CONFIGFILE),@test -f "$(CONFIGFILE)" || { echo "CONFIGFILE=$(CONFIGFILE): no such file" >&2; exit 2; })
 
@@ -78,16 +80,17 @@ paper: setup
 	  echo "  sudo apt-get install -y --no-install-recommends texlive-latex-recommended latexmk"; \
 	  echo "or, with conda: conda env create -f envs/latex.yaml"; exit 1; }
 	$(CHECK_CONFIGFILE)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake paper/main.pdf --cores $(CORES) $(SNAKEMAKE_ARGS) $(CONFIG_ARG)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake paper --cores $(CORES) $(SNAKEMAKE_ARGS) $(CONFIG_ARG)
 
 # HTML report of the run (figures and tables by study, with the code that made them).
 report: setup
 	$(CHECK_CONFIGFILE)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html $(CONFIG_ARG)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report "$(RESULTS_DIR)/report.html" $(CONFIG_ARG)
 
-# Restorable results bundle: results/bundle-<confighash>.tar.zst (restore: .venv/bin/repro bundle unpack FILE).
+# Restorable results bundle: <results>/bundle-<confighash>.tar.zst (restore: .venv/bin/repro bundle unpack FILE).
 bundle: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro bundle pack
+	$(CHECK_CONFIGFILE)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/repro bundle pack --results "$(RESULTS_DIR)"
 
 # Tests run on TEST_WORKERS processes (pytest-xdist; 0 runs them in this process). A module's tests stay
 # on one worker (its module fixtures are built once); the end-to-end run of the test preset is shared
@@ -119,4 +122,4 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf results logs .snakemake paper/build paper/main.pdf
+	rm -rf results results-*/ logs .snakemake paper/build paper/build-*/ paper/main.pdf

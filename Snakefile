@@ -1,14 +1,14 @@
 # The whole pipeline in one DAG. Rules only name files; everything they run is `repro ...`.
 #
-#   snakemake --cores all                                   # embedded default (config.yaml)
-#   snakemake --cores all --configfile presets/test.yaml    # a preset replaces config.yaml whole
+#   snakemake --cores all                                   # embedded default (config.yaml) -> results/
+#   snakemake --cores all --configfile presets/test.yaml    # a preset replaces config.yaml whole -> results-test/
 import json
 import os
 import sys
 from pathlib import Path
 
 from repro.cli import tune_collector
-from repro.config import SCHEMA_PATH, ConfigError, validate_config
+from repro.config import SCHEMA_PATH, ConfigError, results_folder, validate_config
 from repro.io import write_if_changed
 from repro.locks import JOBS_LOCK, JOBS_LOCK_ENV, FolderBusyError, claim_results_folder
 from repro.preflight import PreflightError, check_run
@@ -29,6 +29,10 @@ try:
         SCHEMA_PATH,  # inside the package, where every command reads it too
         source=CONFIG_SOURCE,
     )
+    # Each config writes into its own folder (results/ for config.yaml, results-test/ for
+    # presets/test.yaml, ...): running a preset never touches another config's files. The resolved
+    # config records the folder, so `make paper CONFIGFILE=<folder>/config/resolved.json` finds it.
+    config["results"] = results_folder(config, workflow.overwrite_configfiles)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -43,7 +47,9 @@ envvars:
 _inherited_path = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), _inherited_path])
 
-RESULTS = "results"
+RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"
+# Downloads are keyed by model name and shared by every config.
 RESOURCES = "resources"
 MODEL = config["model"]["name"]
 

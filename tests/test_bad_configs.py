@@ -71,4 +71,4 @@ def test_bad_configs_stop_snakemake_before_any_job(tmp_path):
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0, (name, out[-2000:])
         assert f"'{INDEX[name]['key']}'" in out, (name, out[-2000:])
-        assert "Job stats" not in out and not (ws / "results").exists(), name
+        assert "Job stats" not in out and not list(ws.glob("results*")), name

@@ -27,7 +27,7 @@ def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def test_test_preset_builds_the_compression_tables(test_preset_run):
     # The shared end-to-end run of the whole test preset (its compression branch included).
     ws = test_preset_run
-    tables = ws / "results/compression/tables"
+    tables = ws / "results-test/compression/tables"
     for name in ("counts", "counts_matrix", "schemes", "named", "existence", "compactness", "timings"):
         assert (tables / f"{name}.csv").exists() and (tables / f"{name}.tex").read_text().count("\\toprule") == 1
     counts = pd.read_csv(tables / "counts.csv")
@@ -36,7 +36,7 @@ def test_test_preset_builds_the_compression_tables(test_preset_run):
         brute = brute_force_maximum_classes(n)
         got = counts[counts["n"] == n].set_index("d")["maximum classes"].to_dict()
         assert got == {d: len(brute[d]) for d in range(n + 1)}
-    verify = [json.loads(p.read_text()) for p in (ws / "results/compression/verify").rglob("*.json")
+    verify = [json.loads(p.read_text()) for p in (ws / "results-test/compression/verify").rglob("*.json")
               if "provenance" not in p.parts]
     assert verify and all(v["ok"] for v in verify) and sum(v["schemes"] for v in verify) > 50
     named = pd.read_csv(tables / "named.csv").set_index("class")

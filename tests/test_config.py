@@ -387,3 +387,21 @@ def test_resolved_json_config_keeps_exponent_floats(tmp_path):
     again = load_config(path)
     assert again["finetune"]["learning_rates"] == [5e-05]
     assert again == cfg
+
+
+def test_each_config_file_names_its_own_results_folder(tmp_path):
+    from repro.config import results_folder
+
+    (tmp_path / "config.yaml").write_text("")
+    assert results_folder({}, [], tmp_path) == "results"
+    assert results_folder({}, [tmp_path / "config.yaml"], tmp_path) == "results"
+    assert results_folder({}, ["presets/test.yaml"], tmp_path) == "results-test"
+    assert results_folder({}, ["my runs/big sweep.yaml"], tmp_path) == "results-big-sweep"
+    # The key wins (a resolved config records the folder it was run in).
+    assert results_folder({"results": "results-test"}, ["results-test/config/resolved.json"], tmp_path) == "results-test"
+    for bad in ("../results", "results/sub", "out"):
+        with pytest.raises(ConfigError, match="results folder"):
+            results_folder({"results": bad})
+    # Every preset the README shows gets a folder of its own.
+    folders = {results_folder(load_config(p), [p], ROOT) for p in sorted((ROOT / "presets").glob("*.yaml"))}
+    assert len(folders) == len(list((ROOT / "presets").glob("*.yaml"))) and "results" not in folders

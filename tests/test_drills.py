@@ -35,21 +35,23 @@ import pytest
 import yaml
 from workflow_helpers import BIN, make_workspace
 
+from repro.io import sha256_file
+
 pytestmark = pytest.mark.drills
 
 CONFIG = "drills.yaml"
 MODEL = "tiny-llama"
-RUN = f"results/lm/runs/{MODEL}/stdlib-instruct/rslora/r4/lr0.001/seed0"
-RUN_LOG = f"logs/evaluate/{MODEL}/stdlib-instruct/rslora_r4_lr0.001_seed0.log"
-TEB_TARGET = "results/teb/models/ar-c0.5/target/seed0"
-TEB_MODEL = "results/teb/models/ar-c0.5/teb/beta100/seed0"
+RUN = f"results-drills/lm/runs/{MODEL}/stdlib-instruct/rslora/r4/lr0.001/seed0"
+RUN_LOG = f"results-drills/logs/evaluate/{MODEL}/stdlib-instruct/rslora_r4_lr0.001_seed0.log"
+TEB_TARGET = "results-drills/teb/models/ar-c0.5/target/seed0"
+TEB_MODEL = "results-drills/teb/models/ar-c0.5/teb/beta100/seed0"
 COMP = "n5_d1"
-COMP_FILES = [f"results/compression/enumerate/{COMP}.json", f"results/compression/schemes/{COMP}_unlabeled.jsonl.gz",
-              f"results/compression/schemes/{COMP}_unlabeled.json",
-              f"results/compression/verify/schemes/{COMP}_unlabeled.json"]
-LAW_FILES = ["results/laws/fits.csv", "results/laws/early_stopping.csv", "results/laws/gradnorm_by_rank.csv",
-             "results/laws/gradnorm_spread.csv"]
-TARGETS = ["results/lm/runs.csv", "results/laws/fits.csv", f"{TEB_MODEL}/summary.json", COMP_FILES[-1]]
+COMP_FILES = [f"results-drills/compression/enumerate/{COMP}.json", f"results-drills/compression/schemes/{COMP}_unlabeled.jsonl.gz",
+              f"results-drills/compression/schemes/{COMP}_unlabeled.json",
+              f"results-drills/compression/verify/schemes/{COMP}_unlabeled.json"]
+LAW_FILES = ["results-drills/laws/fits.csv", "results-drills/laws/early_stopping.csv", "results-drills/laws/gradnorm_by_rank.csv",
+             "results-drills/laws/gradnorm_spread.csv"]
+TARGETS = ["results-drills/lm/runs.csv", "results-drills/laws/fits.csv", f"{TEB_MODEL}/summary.json", COMP_FILES[-1]]
 
 
 def drill_config(ws: Path, **finetune) -> str:
@@ -164,36 +166,36 @@ def test_killed_fine_tuning_resumes_from_its_last_saved_state(clean, tmp_path):
     the rerun resumes from step 4, its last saved state, and ends bit-identical to the reference."""
     ws = copy_of(clean, tmp_path)
     shutil.rmtree(ws / RUN)
-    not_yet_made(ws, "results/lm/runs.csv", "results/lm/steps.csv")
-    assert sm(ws, "results/lm/runs.csv", REPRO_KILL_AFTER_STEP="5").returncode != 0
+    not_yet_made(ws, "results-drills/lm/runs.csv", "results-drills/lm/steps.csv")
+    assert sm(ws, "results-drills/lm/runs.csv", REPRO_KILL_AFTER_STEP="5").returncode != 0
     assert not (ws / RUN / "summary.json").exists()
     assert sorted(p.name for p in (ws / RUN / "checkpoints").iterdir())[-1] == "step-000004"
-    ok(sm(ws, "results/lm/runs.csv", "--rerun-incomplete"))
+    ok(sm(ws, "results-drills/lm/runs.csv", "--rerun-incomplete"))
     assert json.loads((ws / RUN / "summary.json").read_text())["resumed_from"] == 4
     same_bytes(ws, clean, f"{RUN}/eval.csv", f"{RUN}/checkpoints/step-000008/adapter_model.safetensors")
     same_csv(ws, clean, f"{RUN}/tasks.csv")
-    same_csv(ws, clean, "results/lm/runs.csv")
+    same_csv(ws, clean, "results-drills/lm/runs.csv")
 
 
 def test_killed_forgetting_evaluation(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
-    not_yet_made(ws, f"{RUN}/eval.csv", "results/lm/runs.csv", "results/lm/steps.csv")
-    killed(ws, "results/lm/runs.csv", kill_at="evaluate:after-forgetting-pass")
+    not_yet_made(ws, f"{RUN}/eval.csv", "results-drills/lm/runs.csv", "results-drills/lm/steps.csv")
+    killed(ws, "results-drills/lm/runs.csv", kill_at="evaluate:after-forgetting-pass")
     assert not (ws / RUN / "eval.csv").exists()
-    recover(ws, "results/lm/runs.csv")
+    recover(ws, "results-drills/lm/runs.csv")
     same_bytes(ws, clean, f"{RUN}/eval.csv")
-    same_csv(ws, clean, "results/lm/runs.csv")
+    same_csv(ws, clean, "results-drills/lm/runs.csv")
 
 
 def test_killed_lm_eval_tasks(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
-    not_yet_made(ws, f"{RUN}/tasks.csv", f"{RUN}/tasks.responses.jsonl", "results/lm/runs.csv", "results/lm/steps.csv")
-    killed(ws, "results/lm/runs.csv", kill_at="evaluate_tasks:after-first-checkpoint")
+    not_yet_made(ws, f"{RUN}/tasks.csv", f"{RUN}/tasks.responses.jsonl", "results-drills/lm/runs.csv", "results-drills/lm/steps.csv")
+    killed(ws, "results-drills/lm/runs.csv", kill_at="evaluate_tasks:after-first-checkpoint")
     assert not (ws / RUN / "tasks.csv").exists()
-    recover(ws, "results/lm/runs.csv")
+    recover(ws, "results-drills/lm/runs.csv")
     same_csv(ws, clean, f"{RUN}/tasks.csv")
     same_bytes(ws, clean, f"{RUN}/tasks.responses.jsonl")
-    same_csv(ws, clean, "results/lm/runs.csv")
+    same_csv(ws, clean, "results-drills/lm/runs.csv")
 
 
 def test_killed_teb_training(clean, tmp_path):
@@ -223,14 +225,14 @@ def test_killed_compression_enumeration_and_schemes(clean, tmp_path):
 def test_killed_law_fits(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
     not_yet_made(ws, *LAW_FILES)
-    killed(ws, "results/laws/fits.csv", kill_at="fit_laws:after-fits")
+    killed(ws, "results-drills/laws/fits.csv", kill_at="fit_laws:after-fits")
     # The job died half-way: its first table is written, the others are not; the marker says so.
     assert (ws / LAW_FILES[0]).exists() and not (ws / LAW_FILES[-1]).exists()
-    recover(ws, "results/laws/fits.csv")
+    recover(ws, "results-drills/laws/fits.csv")
     same_bytes(ws, clean, *LAW_FILES)
-    fits = sorted(p.name for p in (clean / "results/laws/fits").glob("*.json"))
-    assert fits and fits == sorted(p.name for p in (ws / "results/laws/fits").glob("*.json"))
-    same_bytes(ws, clean, *(f"results/laws/fits/{name}" for name in fits))
+    fits = sorted(p.name for p in (clean / "results-drills/laws/fits").glob("*.json"))
+    assert fits and fits == sorted(p.name for p in (ws / "results-drills/laws/fits").glob("*.json"))
+    same_bytes(ws, clean, *(f"results-drills/laws/fits/{name}" for name in fits))
 
 
 # ------------------------------------------------------------------------------- damaged inputs
@@ -245,9 +247,9 @@ def test_damaged_model_weights(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
     weights = f"resources/models/{MODEL}/model.safetensors"
     _truncate(ws / weights)
-    data = f"results/data/{MODEL}/manifest.json"
+    data = f"results-drills/data/{MODEL}/manifest.json"
     assert sm(ws, data, "--forcerun", "prepare_data").returncode != 0
-    log = log_of(ws, f"logs/prepare_data/{MODEL}.log")
+    log = log_of(ws, f"results-drills/logs/prepare_data/{MODEL}.log")
     assert f"{weights}: damaged model weights" in log and f"delete resources/models/{MODEL}" in log, log[-2000:]
     shutil.rmtree(ws / f"resources/models/{MODEL}")
     ok(sm(ws, data))
@@ -270,25 +272,25 @@ def test_damaged_adapter_checkpoint_then_damaged_resume_state(clean, tmp_path):
     assert json.loads((ws / RUN / "state/resume/meta.json").read_text())["step"] == 4
     _truncate(ws / RUN / "state/resume/optimizer.pt")
     assert sm(ws, f"{RUN}/eval.csv").returncode != 0
-    log = log_of(ws, f"logs/finetune/{MODEL}/stdlib-instruct/rslora_r4_lr0.001_seed0.log")
+    log = log_of(ws, f"results-drills/logs/finetune/{MODEL}/stdlib-instruct/rslora_r4_lr0.001_seed0.log")
     assert f"{RUN}/state/resume/optimizer.pt: damaged resume state" in log, log[-2000:]
     assert f"delete {RUN}/state/resume" in log
     shutil.rmtree(ws / RUN / "state/resume")
-    ok(sm(ws, f"{RUN}/eval.csv", f"{RUN}/tasks.csv", "results/lm/runs.csv"))
+    ok(sm(ws, f"{RUN}/eval.csv", f"{RUN}/tasks.csv", "results-drills/lm/runs.csv"))
     assert json.loads((ws / RUN / "summary.json").read_text())["resumed_from"] == 0
     same_bytes(ws, clean, f"{RUN}/eval.csv")
-    same_csv(ws, clean, "results/lm/runs.csv")
+    same_csv(ws, clean, "results-drills/lm/runs.csv")
 
 
 def test_data_file_changed_after_its_manifest(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
-    heldout = f"results/data/{MODEL}/finetune/stdlib-instruct/heldout.jsonl"
+    heldout = f"results-drills/data/{MODEL}/finetune/stdlib-instruct/heldout.jsonl"
     with open(ws / heldout, "a") as fh:
         fh.write('{"id": "planted", "messages": []}\n')
     assert sm(ws, f"{RUN}/eval.csv", "--forcerun", "evaluate").returncode != 0
     log = log_of(ws, RUN_LOG)
     assert re.search(rf"{re.escape(heldout)}: SHA-256 \w+\.\.\. does not match its manifest", log), log[-2000:]
-    (ws / f"results/data/{MODEL}/manifest.json").unlink()  # as the message says
+    (ws / f"results-drills/data/{MODEL}/manifest.json").unlink()  # as the message says
     ok(sm(ws, f"{RUN}/eval.csv"))
     same_bytes(ws, clean, heldout, f"{RUN}/eval.csv")
     same_csv(ws, clean, f"{RUN}/train_log.csv")
@@ -296,10 +298,10 @@ def test_data_file_changed_after_its_manifest(clean, tmp_path):
 
 def test_damaged_teb_task_tensors(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
-    data = "results/teb/data/ar-c0.5/data.pt"
+    data = "results-drills/teb/data/ar-c0.5/data.pt"
     _truncate(ws / data)
     assert sm(ws, f"{TEB_MODEL}/summary.json").returncode != 0
-    log = log_of(ws, "logs/teb/target/ar-c0.5_seed0.log")
+    log = log_of(ws, "results-drills/logs/teb/target/ar-c0.5_seed0.log")
     assert f"{data}: damaged task tensor file" in log, log[-2000:]
     (ws / data).unlink()
     ok(sm(ws, f"{TEB_TARGET}/summary.json", f"{TEB_MODEL}/summary.json"))
@@ -326,9 +328,9 @@ def test_same_size_damage_in_a_checkpoint_is_caught_and_retraining_recovers(clea
     assert re.search(rf"{re.escape(ckpt)}: SHA-256 \w+\.\.\. differs from", log), log[-2000:]
     assert f"delete the run folder {RUN} and rerun" in log
     shutil.rmtree(ws / RUN)
-    ok(sm(ws, f"{RUN}/eval.csv", f"{RUN}/tasks.csv", "results/lm/runs.csv"))
+    ok(sm(ws, f"{RUN}/eval.csv", f"{RUN}/tasks.csv", "results-drills/lm/runs.csv"))
     same_bytes(ws, clean, ckpt, f"{RUN}/eval.csv")
-    same_csv(ws, clean, "results/lm/runs.csv")
+    same_csv(ws, clean, "results-drills/lm/runs.csv")
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "config.json"])
@@ -373,26 +375,26 @@ def test_damaged_runs_table(clean, tmp_path, damage, message):
     file (and the row and column), where a lenient read took NaN cells and moved the paper's macros to
     another run; deleted as the message says, it is rebuilt and the fits come out identical."""
     ws = copy_of(clean, tmp_path)
-    damage(ws / "results/lm/runs.csv")
-    assert sm(ws, "results/laws/fits.csv").returncode != 0
-    log = log_of(ws, "logs/laws/fit_laws.log")
-    assert "results/lm/runs.csv (" in log and message in log and "delete it and rerun" in log, log[-2000:]
-    (ws / "results/lm/runs.csv").unlink()
-    ok(sm(ws, "results/laws/fits.csv"))
-    same_csv(ws, clean, "results/lm/runs.csv")
+    damage(ws / "results-drills/lm/runs.csv")
+    assert sm(ws, "results-drills/laws/fits.csv").returncode != 0
+    log = log_of(ws, "results-drills/logs/laws/fit_laws.log")
+    assert "results-drills/lm/runs.csv (" in log and message in log and "delete it and rerun" in log, log[-2000:]
+    (ws / "results-drills/lm/runs.csv").unlink()
+    ok(sm(ws, "results-drills/laws/fits.csv"))
+    same_csv(ws, clean, "results-drills/lm/runs.csv")
     same_bytes(ws, clean, *LAW_FILES)
 
 
 def test_cut_teb_table(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
-    tables = "results/tables/teb_tasks.tex"
+    tables = "results-drills/tables/teb_tasks.tex"
     ok(sm(ws, tables))
     reference = (ws / tables).read_bytes()
-    _cut_last_line(ws / "results/teb/evals.csv")
+    _cut_last_line(ws / "results-drills/teb/evals.csv")
     assert sm(ws, tables, "--forcerun", "teb_tables").returncode != 0
-    log = log_of(ws, "logs/teb/tables.log")
-    assert "results/teb/evals.csv (" in log and "its last line has no line break" in log, log[-2000:]
-    (ws / "results/teb/evals.csv").unlink()
+    log = log_of(ws, "results-drills/logs/teb/tables.log")
+    assert "results-drills/teb/evals.csv (" in log and "its last line has no line break" in log, log[-2000:]
+    (ws / "results-drills/teb/evals.csv").unlink()
     ok(sm(ws, tables))
     assert (ws / tables).read_bytes() == reference
 
@@ -401,15 +403,15 @@ def test_deleted_fit_json(clean, tmp_path):
     """One fit's JSON deleted: the tables and numbers refuse to be made without it (they used to drop the
     law silently), and deleting fits.csv as the message says refits both."""
     ws = copy_of(clean, tmp_path)
-    numbers = "results/numbers.tex"
+    numbers = "results-drills/numbers.tex"
     ok(sm(ws, numbers))
     reference = (ws / numbers).read_text()
-    victim = sorted((ws / "results/laws/fits").glob("*linear.json"))[0]
+    victim = sorted((ws / "results-drills/laws/fits").glob("*linear.json"))[0]
     victim.unlink()
     assert sm(ws, numbers, "--forcerun", "numbers").returncode != 0
-    log = log_of(ws, "logs/laws/numbers.log")
+    log = log_of(ws, "results-drills/logs/laws/numbers.log")
     assert f"no JSON for ['{victim.name}']" in log and "delete results/laws/fits.csv and rerun" in log, log[-2000:]
-    (ws / "results/laws/fits.csv").unlink()
+    (ws / "results-drills/laws/fits.csv").unlink()
     ok(sm(ws, numbers))
     assert (ws / numbers).read_text() == reference
 
@@ -418,9 +420,9 @@ def test_single_rank_law_table_says_why(clean, tmp_path):
     """`ranks: [1]`: no exponent is identifiable; the law tables say so instead of the fit crashing."""
     ws = copy_of(clean, tmp_path)
     drill_config(ws, ranks=[1])
-    ok(sm(ws, "results/tables/linear_law.tex", "results/tables/power_laws.tex"))
-    assert "insufficient runs" in (ws / "results/tables/linear_law.tex").read_text()
-    assert "one value of P" in (ws / "results/tables/power_laws.tex").read_text()
+    ok(sm(ws, "results-drills/tables/linear_law.tex", "results-drills/tables/power_laws.tex"))
+    assert "insufficient runs" in (ws / "results-drills/tables/linear_law.tex").read_text()
+    assert "one value of P" in (ws / "results-drills/tables/power_laws.tex").read_text()
 
 
 # ------------------------------------------------------------------------------------- disk full
@@ -437,8 +439,8 @@ def _repro_with_file_limit(ws: Path, limit_bytes: int | None, *args: str):
 def test_disk_full_during_fine_tuning(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
     out = tmp_path / "run"
-    args = ("finetune", "--configfile", "results/config/resolved.json", "--model-dir", f"resources/models/{MODEL}",
-            "--data-dir", f"results/data/{MODEL}", "--dataset", "stdlib-instruct", "--method", "rslora",
+    args = ("finetune", "--configfile", "results-drills/config/resolved.json", "--model-dir", f"resources/models/{MODEL}",
+            "--data-dir", f"results-drills/data/{MODEL}", "--dataset", "stdlib-instruct", "--method", "rslora",
             "--rank", "4", "--lr", "0.001", "--seed", "0", "--out", str(out), "--no-progress")
     # Room for an adapter checkpoint (32 KB at rank 4), not for the optimizer state beside it (twice that).
     proc = _repro_with_file_limit(ws, 48_000, *args)
@@ -456,8 +458,8 @@ def test_disk_full_during_fine_tuning(clean, tmp_path):
 def test_disk_full_while_saving_a_teb_model(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
     out = tmp_path / "target"
-    args = ("teb", "train", "--configfile", "results/config/resolved.json", "--task", "ar-c0.5",
-            "--data", "results/teb/data/ar-c0.5/data.pt", "--variant", "target", "--seed", "0", "--no-progress",
+    args = ("teb", "train", "--configfile", "results-drills/config/resolved.json", "--task", "ar-c0.5",
+            "--data", "results-drills/teb/data/ar-c0.5/data.pt", "--variant", "target", "--seed", "0", "--no-progress",
             "--out", str(out))
     proc = _repro_with_file_limit(ws, 4_000, *args)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -476,7 +478,7 @@ def test_second_snakemake_in_the_same_folder_is_refused(clean, tmp_path):
     # Two jobs one after the other (one core): the first run holds the folder's lock for both, a window
     # of tens of seconds, wide enough for the second Snakemake to parse the workflow and try the lock.
     targets = (f"{RUN}/eval.csv", f"{RUN}/tasks.csv")
-    logs = [ws / RUN_LOG, ws / RUN_LOG.replace("logs/evaluate/", "logs/evaluate_tasks/")]
+    logs = [ws / RUN_LOG, ws / RUN_LOG.replace("results-drills/logs/evaluate/", "results-drills/logs/evaluate_tasks/")]
     not_yet_made(ws, *targets, *(log.relative_to(ws).as_posix() for log in logs))  # a log appears when its job starts
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     first = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", *targets, "--configfile", CONFIG],
@@ -513,27 +515,29 @@ def _start_paused(ws: Path, *targets: str, seconds: int = 40) -> subprocess.Pope
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
     deadline = time.monotonic() + 120
-    while not lock_holders(ws / "results/.jobs.lock"):
+    while not lock_holders(ws / "results-drills/.jobs.lock"):
         assert run.poll() is None and time.monotonic() < deadline, "the paused job never started"
         time.sleep(0.2)
     return run
 
 
 def test_second_run_with_another_config_is_refused(clean, tmp_path):
-    """Another config and targets that do not overlap (Snakemake's lock lets it through): refused before it
-    writes anything, so the first run's jobs keep reading their own resolved config."""
+    """Another config pointed at the same folder (its `results` key) and targets that do not overlap
+    (Snakemake's lock lets it through): refused before it writes anything, so the first run's jobs keep
+    reading their own resolved config."""
     ws = copy_of(clean, tmp_path)
-    resolved = (ws / "results/config/resolved.json").read_bytes()
+    resolved = (ws / "results-drills/config/resolved.json").read_bytes()
     not_yet_made(ws, f"{RUN}/eval.csv")
     first = _start_paused(ws, f"{RUN}/eval.csv")
     try:
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        second = subprocess.run([str(BIN / "snakemake"), "--cores", "1", "results/compression/enumerate/n6_d1.json"],
+        second = subprocess.run([str(BIN / "snakemake"), "--cores", "1", "results-drills/compression/enumerate/n6_d1.json",
+                                 "--config", "results=results-drills"],
                                 cwd=ws, env=env, capture_output=True, text=True, timeout=300)
         out = second.stdout + second.stderr
         assert second.returncode != 0 and "another run is using this results folder" in out, out[-3000:]
-        assert (ws / "results/config/resolved.json").read_bytes() == resolved
-        assert not (ws / "results/compression/enumerate/n6_d1.json").exists()
+        assert (ws / "results-drills/config/resolved.json").read_bytes() == resolved
+        assert not (ws / "results-drills/compression/enumerate/n6_d1.json").exists()
         first_out, _ = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
@@ -552,7 +556,7 @@ def test_run_over_jobs_of_a_killed_snakemake_is_refused(clean, tmp_path):
     target = f"{RUN}/eval.csv"
     not_yet_made(ws, target)
     run = _start_paused(ws, target, seconds=30)
-    orphans = lock_holders(ws / "results/.jobs.lock")
+    orphans = lock_holders(ws / "results-drills/.jobs.lock")
     os.kill(run.pid, signal.SIGKILL)  # Snakemake only, not its process group
     run.wait(timeout=60)  # not communicate(): the orphaned job's shell still holds the output pipe
     run.stdout.close()
@@ -563,7 +567,7 @@ def test_run_over_jobs_of_a_killed_snakemake_is_refused(clean, tmp_path):
         assert again.returncode != 0, out[-3000:]
         assert f"jobs of an earlier run are still running (pids {' '.join(map(str, orphans))})" in out, out[-3000:]
         deadline = time.monotonic() + 120
-        while lock_holders(ws / "results/.jobs.lock"):
+        while lock_holders(ws / "results-drills/.jobs.lock"):
             assert time.monotonic() < deadline, "the orphaned job never ended"
             time.sleep(0.5)
     finally:
@@ -587,7 +591,7 @@ def _refused_in_one_line(proc, message: str) -> None:
 
 def test_unreachable_tracking_server_stops_the_run_and_keeps_results(clean, tmp_path):
     ws = copy_of(clean, tmp_path)
-    summary = "results/tracking/mlflow.json"
+    summary = "results-drills/tracking/mlflow.json"
     ok(sm(ws, summary))
     kept = (ws / summary).read_bytes()
     start = time.monotonic()
@@ -609,15 +613,39 @@ def test_cuda_config_without_cuda_and_hub_model_without_network(clean, tmp_path)
     same_csv(ws, clean, f"{RUN}/eval.csv")
 
 
+def _tree_state(folder: Path) -> dict[str, tuple[str, int]]:
+    return {p.relative_to(folder).as_posix(): (sha256_file(p), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_another_config_writes_into_its_own_folder(clean, tmp_path):
+    """The test preset, run after another config in the same workflow folder, goes to results-test/ and
+    leaves every file of results-drills/ as it was (it used to overwrite 139 of the default run's files)."""
+    ws = copy_of(clean, tmp_path)
+    before = _tree_state(ws / "results-drills")
+    target = "results-test/compression/enumerate/n4_d1.json"
+    proc = subprocess.run([str(BIN / "snakemake"), "--cores", "1", target, "--configfile", "presets/test.yaml"],
+                          cwd=ws, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+                          capture_output=True, text=True, timeout=600)
+    ok(proc)
+    assert (ws / target).is_file()
+    assert json.loads((ws / "results-test/config/resolved.json").read_text())["results"] == "results-test"
+    assert _tree_state(ws / "results-drills") == before
+    # Back on the first config: nothing to do, its results are still its own.
+    again = sm(ws, *TARGETS, "-n")
+    ok(again)
+    assert "Nothing to be done" in again.stdout + again.stderr, (again.stdout + again.stderr)[-3000:]
+
+
 def test_slurm_profile_without_a_cluster_touches_nothing(clean, tmp_path):
     """No controller to submit to (the cluster is down, or this is not a login node): one line, and no job
     has removed its outputs (a failed submission used to empty results/compression/enumerate/)."""
     ws = copy_of(clean, tmp_path)
-    before = sorted((ws / "results/compression/enumerate").glob("*.json"))
+    before = sorted((ws / "results-drills/compression/enumerate").glob("*.json"))
     proc = sm(ws, "--workflow-profile", "profiles/slurm", "--forcerun", "compression_enumerate",
-              *[f"results/compression/enumerate/{p.name}" for p in before])
+              *[f"results-drills/compression/enumerate/{p.name}" for p in before])
     _refused_in_one_line(proc, "SLURM")
-    assert sorted((ws / "results/compression/enumerate").glob("*.json")) == before
+    assert sorted((ws / "results-drills/compression/enumerate").glob("*.json")) == before
 
 
 # ------------------------------------------------------------------------------------------ SLURM
@@ -643,7 +671,7 @@ def test_scancel_mid_finetune_is_retried_bigger_and_resumes(slurm, tmp_path):
     cfg = yaml.safe_load((ws / CONFIG).read_text())
     cfg["evals"]["enabled"] = False
     (ws / CONFIG).write_text(yaml.safe_dump(cfg))
-    ok(sm(ws, f"results/data/{MODEL}/manifest.json"))  # download and data locally: only fine-tuning goes to SLURM
+    ok(sm(ws, f"results-drills/data/{MODEL}/manifest.json"))  # download and data locally: only fine-tuning goes to SLURM
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tmp_path / "snakemake.log"
     with open(log, "w") as fh:
@@ -676,8 +704,8 @@ def test_scancel_mid_finetune_is_retried_bigger_and_resumes(slurm, tmp_path):
     assert cancelled_at <= summary["resumed_from"] < 300 and summary["steps_done"] == 300
     # The resumed run's numbers are an uninterrupted run's.
     out = tmp_path / "uninterrupted"
-    ok(subprocess.run([str(BIN / "repro"), "finetune", "--configfile", "results/config/resolved.json",
-                       "--model-dir", f"resources/models/{MODEL}", "--data-dir", f"results/data/{MODEL}",
+    ok(subprocess.run([str(BIN / "repro"), "finetune", "--configfile", "results-drills/config/resolved.json",
+                       "--model-dir", f"resources/models/{MODEL}", "--data-dir", f"results-drills/data/{MODEL}",
                        "--dataset", "stdlib-instruct", "--method", "rslora", "--rank", "4", "--lr", "0.001",
                        "--seed", "0", "--out", str(out), "--no-progress"], cwd=ws, capture_output=True, text=True,
                       timeout=600))

@@ -318,7 +318,7 @@ def test_shipped_configs_plan_their_eval_steps():
 @pytest.mark.slow
 def test_test_preset_adds_eval_columns_and_figures(test_preset_run):
     ws = test_preset_run
-    runs = pd.read_csv(ws / "results/lm/runs.csv")
+    runs = pd.read_csv(ws / "results-test/lm/runs.csv")
     metrics = ["task_repro_knowledge_acc", "task_repro_arithmetic_acc", "task_repro_heldout_text_bits_per_byte",
                "refusal_rate"]
     for col in metrics:
@@ -332,15 +332,15 @@ def test_test_preset_adds_eval_columns_and_figures(test_preset_run):
     assert (evaluated["task_repro_knowledge_n"] == 8).all() and (evaluated["refusal_n"] == 4).all()
     # Step 0 is the base model, evaluated once and shared by every run.
     assert evaluated[evaluated["step"] == 0][metrics].nunique().max() == 1
-    figures = ws / "results/figures"
+    figures = ws / "results-test/figures"
     for name in ("task_scores_vs_forgetting", "refusal_vs_steps"):
         pdf = figures / f"{name}_tiny-llama_stdlib-instruct.pdf"
         assert pdf.read_bytes().count(b"/Type /Page") >= 1 and pdf.with_suffix(".png").stat().st_size > 1000
-    numbers = (ws / "results/numbers.tex").read_text()
+    numbers = (ws / "results-test/numbers.tex").read_text()
     for macro in ("EvalReproKnowledgeAccBase", "EvalReproKnowledgeAccForgotStderr", "EvalRefusalBase",
                   "EvalRefusalForgot", "EvalForgotStep"):
         assert f"\\newcommand{{\\{macro}}}" in numbers, macro
-    replies = (ws / "results/lm/evals/tiny-llama/base.responses.jsonl").read_text().splitlines()
+    replies = (ws / "results-test/lm/evals/tiny-llama/base.responses.jsonl").read_text().splitlines()
     assert len(replies) == 4
 
 

@@ -14,10 +14,10 @@ from workflow_helpers import snakemake as _snakemake
 
 # The data behind the tables of each study (the paper's .tex tables are typeset from these).
 TABLES = {
-    "Forgetting laws": ["results/laws/fits.csv", "results/laws/early_stopping.csv"],
-    "rsLoRA": ["results/laws/gradnorm_spread.csv", "results/laws/rank_stability_slopes.csv"],
-    "TEB": ["results/teb/evals.csv", "results/teb/te_sweep.csv", "results/teb/info_plane.csv",
-            "results/teb/estimators.csv"],
+    "Forgetting laws": ["results-test/laws/fits.csv", "results-test/laws/early_stopping.csv"],
+    "rsLoRA": ["results-test/laws/gradnorm_spread.csv", "results-test/laws/rank_stability_slopes.csv"],
+    "TEB": ["results-test/teb/evals.csv", "results-test/teb/te_sweep.csv", "results-test/teb/info_plane.csv",
+            "results-test/teb/estimators.csv"],
 }
 GENERIC_CAPTION = "A figure of the language-model studies"
 
@@ -37,15 +37,15 @@ def _decoded(data_uri: str) -> bytes:
 def test_report_embeds_every_figure_and_table_with_its_caption(test_preset_run, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(test_preset_run, ws, symlinks=True)  # the shared run stays read-only
-    proc = _snakemake(ws, "--configfile", "presets/test.yaml", "--report", "results/report.html")
+    proc = _snakemake(ws, "--configfile", "presets/test.yaml", "--report", "results-test/report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    html = (ws / "results/report.html").read_text()
+    html = (ws / "results-test/report.html").read_text()
     results = _script_json(html, "results")
     categories = _script_json(html, "categories")
     in_category = {cat: {p for paths in subcats.values() for p in paths} for cat, subcats in categories.items()}
     assert {"Forgetting laws", "rsLoRA", "TEB", "Compression schemes"} <= set(in_category)
 
-    figures = sorted(p.relative_to(ws).as_posix() for p in (ws / "results/figures").glob("*.png"))
+    figures = sorted(p.relative_to(ws).as_posix() for p in (ws / "results-test/figures").glob("*.png"))
     assert len(figures) >= 10 and any("teb_" in f for f in figures) and any("rslora_" in f for f in figures)
     for path in figures:
         entry = results.get(path)
@@ -61,11 +61,11 @@ def test_report_embeds_every_figure_and_table_with_its_caption(test_preset_run, 
     # Tables: every CSV behind a study's tables as an HTML page shown inline, with all its rows.
     tables = dict(TABLES)
     tables["Compression schemes"] = sorted(p.relative_to(ws).as_posix()
-                                           for p in (ws / "results/compression/tables").glob("*.csv"))
+                                           for p in (ws / "results-test/compression/tables").glob("*.csv"))
     assert len(tables["Compression schemes"]) == 7
     for study, csvs in tables.items():
         for csv in csvs:
-            page = f"results/report/tables/{Path(csv).stem}.html"
+            page = f"results-test/report/tables/{Path(csv).stem}.html"
             entry = results.get(page)
             assert entry and page in in_category[study], (csv, study)
             assert entry["mime_type"] == "text/html"

@@ -23,7 +23,7 @@ from repro.lm.finetune import RunSpec, StaleStateError, train_run
 from repro.lm.runs import SWEEP_AXES, TIMING_ONLY
 from repro.teb.runs import train_settings
 
-RUN = "results/lm/runs/tiny-llama/stdlib-instruct/rslora/r1/lr0.001/seed0"
+RUN = "results-test/lm/runs/tiny-llama/stdlib-instruct/rslora/r1/lr0.001/seed0"
 
 
 def _adapter(path: Path) -> dict:
@@ -94,7 +94,7 @@ def test_direct_finetune_refuses_state_of_other_settings_and_the_workflow_restar
     cfg["finetune"][setting] = value
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(cfg))
     args = ["finetune", "--configfile", tmp_path / "edited.yaml", "--model-dir", ws / "resources/models/tiny-llama",
-            "--data-dir", ws / "results/data/tiny-llama", "--dataset", "stdlib-instruct", "--method", "rslora",
+            "--data-dir", ws / "results-test/data/tiny-llama", "--dataset", "stdlib-instruct", "--method", "rslora",
             "--rank", "1", "--lr", "0.001", "--seed", "0", "--out", run, "--no-progress"]
     old = json.loads((run / "summary.json").read_text())
 
@@ -214,7 +214,8 @@ def test_a_grid_the_saved_run_cannot_serve_restarts_it(tiny_model_dir, instruct_
 
 
 def _planned(ws: Path, cfg: dict) -> dict[str, int]:
-    (ws / "edited.yaml").write_text(yaml.safe_dump(cfg))
+    # The test preset edited in place: its folder named explicitly (another file name is another folder).
+    (ws / "edited.yaml").write_text(yaml.safe_dump({"results": "results-test", **cfg}))
     proc = snakemake(ws, "-n", "--configfile", "edited.yaml")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]

@@ -76,7 +76,7 @@ def test_paper_without_any_results_shows_notes(tmp_path):
     info = json.loads((tmp_path / "build.json").read_text())
     assert info["undefined"] == []
     missing = " ".join(info["missing_parts"])
-    for part in ("results/numbers.tex", "results/compression/numbers.tex", "results/teb/numbers.tex",
+    for part in ("../results/numbers.tex", "../results/compression/numbers.tex", "../results/teb/numbers.tex",
                  "linear_law.tex", "forgetting_vs_finetune_no-setup-macros.pdf"):
         assert part in missing, part
     assert _pages(paper / "main.pdf") >= len(STUDY_SECTIONS)
@@ -88,47 +88,49 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
     ws = _copy_workspace(test_preset_run, tmp_path / "ws")
 
     # The paper needs no training job: only the paper's own rules are planned.
-    plan = snakemake(ws, "-n", "paper/main.pdf", "--configfile", "presets/test.yaml")
+    plan = snakemake(ws, "-n", "paper", "--configfile", "presets/test.yaml")
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert set(_planned_jobs(plan)) <= {"paper_setup", "provenance_collect", "paper", "paper_teb_inventory"}
 
-    built = snakemake(ws, "paper/main.pdf", "--cores", "2", "--configfile", "presets/test.yaml")
-    assert built.returncode == 0, built.stderr[-4000:] + (ws / "logs/paper/latexmk.log").read_text()[-4000:]
-    pdf, log = ws / "paper/main.pdf", (ws / "paper/build/main.log").read_text(errors="replace")
+    built = snakemake(ws, "paper", "--cores", "2", "--configfile", "presets/test.yaml")
+    assert built.returncode == 0, built.stderr[-4000:] + (ws / "results-test/logs/paper/latexmk.log").read_text()[-4000:]
+    # The test preset's paper goes into its own results folder, built in its own LaTeX folder.
+    pdf, log = ws / "results-test/paper/main.pdf", (ws / "paper/build-results-test/main.log").read_text(errors="replace")
+    assert not (ws / "paper/main.pdf").exists() and not (ws / "paper/build").exists()
     main_tex = (ws / "paper/main.tex").read_text()
     present = [s for s in STUDY_SECTIONS if f"\\input{{sections/{s}.tex}}" in main_tex]
     assert len(present) == len(STUDY_SECTIONS)
     assert _pages(pdf) >= len(present)
-    assert json.loads((ws / "results/paper/build.json").read_text())["pages"] == _pages(pdf)
+    assert json.loads((ws / "results-test/paper/build.json").read_text())["pages"] == _pages(pdf)
     assert not UNDEFINED.search(log), UNDEFINED.search(log).group(0)
     # Every graphic pdflatex read exists, and every figure of the forgetting/rsLoRA studies was read.
-    fls = (ws / "paper/build/main.fls").read_text()
+    fls = (ws / "paper/build-results-test/main.fls").read_text()
     graphics = {l.split(" ", 1)[1] for l in fls.splitlines() if l.startswith("INPUT ") and "/figures/" in l}
     assert graphics and all((ws / "paper" / g).resolve().is_file() for g in graphics)
     read = {Path(g).name for g in graphics}
-    for fig in (ws / "results/figures").glob("*.pdf"):
+    for fig in (ws / "results-test/figures").glob("*.pdf"):
         if fig.name.startswith(("forgetting_vs_finetune", "losses_vs_steps", "rslora_", "rank_stability_")):
             assert fig.name in read, fig.name
-    prov = json.loads((ws / "results/provenance.json").read_text())
+    prov = json.loads((ws / "results-test/provenance.json").read_text())
     commands = set(prov["summary"]["by_command"])
     assert {"finetune", "aggregate", "laws-fit", "laws-figures", "compression-tables"} <= commands
     assert any(c.startswith("evaluate") for c in commands)
     for m in prov["manifests"]:
         assert m["config_hash"] is None or len(m["config_hash"]) == 12
     # Nothing left to do: the paper is up to date.
-    again = snakemake(ws, "-n", "paper/main.pdf", "--configfile", "presets/test.yaml")
+    again = snakemake(ws, "-n", "paper", "--configfile", "presets/test.yaml")
     assert _planned_jobs(again) == {}, again.stdout[-2000:]
 
     # HTML report with one category per study.
-    report = snakemake(ws, "--report", "results/report.html", "--configfile", "presets/test.yaml")
+    report = snakemake(ws, "--report", "results-test/report.html", "--configfile", "presets/test.yaml")
     assert report.returncode == 0, report.stderr[-3000:]
-    html = (ws / "results/report.html").read_text(errors="replace")
+    html = (ws / "results-test/report.html").read_text(errors="replace")
     for category in ("Forgetting laws", "rsLoRA", "Compression schemes"):
         assert category in html
 
     # Pack, restore into a fresh copy of the workflow, and rebuild the paper without training.
     repro = str(Path(sys.executable).parent / "repro")
-    packed = subprocess.run([repro, "bundle", "pack"], cwd=ws, capture_output=True, text=True, timeout=300)
+    packed = subprocess.run([repro, "bundle", "pack", "--results", "results-test"], cwd=ws, capture_output=True, text=True, timeout=300)
     assert packed.returncode == 0, packed.stderr
     bundle = Path(ws / json.loads(packed.stdout)["bundle"])
     restored = _fresh_workflow_copy(ws, tmp_path / "restored")
@@ -143,12 +145,12 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
     assert not list(restored.rglob("*.safetensors"))
     for e in index["files"]:
         assert sha256_file(restored / e["path"]) == sha256_file(ws / e["path"])
-    for args in (("--configfile", "presets/test.yaml"), ("--configfile", "results/config/resolved.json")):
-        plan = snakemake(restored, "-n", "paper/main.pdf", *args)
+    for args in (("--configfile", "presets/test.yaml"), ("--configfile", "results-test/config/resolved.json")):
+        plan = snakemake(restored, "-n", "paper", *args)
         assert plan.returncode == 0, plan.stderr[-3000:]
         jobs = _planned_jobs(plan)
         assert not set(jobs) & TRAINING_RULES, jobs
         assert set(jobs) <= {"paper", "paper_setup"}, jobs
-    rebuilt = snakemake(restored, "paper/main.pdf", "--cores", "2", "--configfile", "presets/test.yaml")
+    rebuilt = snakemake(restored, "paper", "--cores", "2", "--configfile", "presets/test.yaml")
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert _pages(restored / "paper/main.pdf") == _pages(pdf)
+    assert _pages(restored / "results-test/paper/main.pdf") == _pages(pdf)

@@ -101,10 +101,22 @@ def test_collect_summarises_manifests_for_the_appendix(tmp_path, monkeypatch):
     ("resources/models/m/model.safetensors", False),
     ("resources/models/m/config.json", False),
     ("resources/downloads/x.whl", False),
-    ("logs/finetune/m/d/lora_r4.log", True),
+    ("results/logs/finetune/m/d/lora_r4.log", True),
+    ("logs/finetune/m/d/lora_r4.log", False),  # outside every config's folder
+    ("results-test/lm/runs.csv", False),  # another config's folder
 ])
 def test_bundle_selection(path, kept):
     assert (B.selection_reason(PurePosixPath(path)) is None) == kept
+
+
+def test_bundle_of_another_config_takes_its_own_folder_only():
+    assert B.selection_reason(PurePosixPath("results-test/lm/runs.csv"), "results-test") is None
+    assert B.selection_reason(PurePosixPath("results-test/logs/aggregate.log"), "results-test") is None
+    assert B.selection_reason(PurePosixPath("results/lm/runs.csv"), "results-test") is not None
+    assert B.selection_reason(PurePosixPath("results-test/bundle-x.tar.gz"), "results-test") == "a bundle"
+    for bad in ("../results", "results/x", "resources", ""):
+        with pytest.raises(B.BundleError, match="results folder"):
+            B.check_results_name(bad)
 
 
 def _tree(root: Path) -> None:
@@ -116,7 +128,8 @@ def _tree(root: Path) -> None:
         "results/lm/runs/x/eval.csv": "step\n0\n",
         "resources/models/m/manifest.json": "{}",
         "resources/models/m/model.safetensors": "weights",
-        "logs/aggregate.log": "ok\n",
+        "results/logs/aggregate.log": "ok\n",
+        "results-test/lm/runs.csv": "c\n3\n",
     }
     for i, (rel, text) in enumerate(files.items()):
         p = root / rel
@@ -140,7 +153,7 @@ def test_bundle_round_trip(tmp_path, fmt):
     index = B.read_index(bundle)
     paths = {e["path"] for e in index["files"]}
     assert paths == {"results/config/resolved.json", "results/lm/runs.csv", "results/lm/runs/x/eval.csv",
-                     "resources/models/m/manifest.json", "logs/aggregate.log"}
+                     "resources/models/m/manifest.json", "results/logs/aggregate.log"}
     assert {o["reason"] for o in index["omitted"]} >= {"model weights or tensors", "resumable training state"}
 
     dest.mkdir()

@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "repro"
 
 def _workflow_tree(root: Path) -> None:
     for rel, text in {"results/config/resolved.json": json.dumps({"seed": 0}), "results/lm/runs.csv": "a,b\n1,2\n",
-                      "logs/aggregate.log": "ok\n"}.items():
+                      "results/logs/aggregate.log": "ok\n"}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
 

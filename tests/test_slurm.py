@@ -41,15 +41,16 @@ def _job_interval(scontrol_text: str) -> tuple[datetime, datetime]:
 PRESET = yaml.safe_load((REPO / "presets" / "test.yaml").read_text())
 FINETUNED, EVALUATED = (next(run for run in planned_runs(PRESET) if (run.method, run.rank) == key)
                         for key in (("lora", 1), ("rslora", 4)))
-SLURM_TARGETS = (f"{FINETUNED.directory()}/summary.json", f"{EVALUATED.directory()}/eval.csv")
+RESULTS = "results-test"  # the test preset's own folder
+SLURM_TARGETS = (f"{FINETUNED.directory(RESULTS)}/summary.json", f"{EVALUATED.directory(RESULTS)}/eval.csv")
 
 
 def test_test_preset_runs_under_slurm_like_locally(test_preset_run, slurm, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(test_preset_run, ws, symlinks=True)
     shutil.rmtree(ws / ".snakemake" / "log")
-    shutil.rmtree(ws / FINETUNED.directory())
-    evaluated = ws / EVALUATED.directory()
+    shutil.rmtree(ws / FINETUNED.directory(RESULTS))
+    evaluated = ws / EVALUATED.directory(RESULTS)
     (evaluated / "eval.csv").unlink()
     for manifest in (evaluated / "provenance").glob("evaluate-forgetting*.json"):
         manifest.unlink()
@@ -74,7 +75,7 @@ def test_test_preset_runs_under_slurm_like_locally(test_preset_run, slurm, tmp_p
     assert set(submitted.values()) <= slurm.allocated_job_ids() - before
 
     # Each command's provenance manifest carries the SLURM job it ran in.
-    manifests = [json.loads(m.read_text()) for m in [*(ws / FINETUNED.directory()).rglob("provenance/*.json"),
+    manifests = [json.loads(m.read_text()) for m in [*(ws / FINETUNED.directory(RESULTS)).rglob("provenance/*.json"),
                                                      *(evaluated / "provenance").glob("evaluate-forgetting*.json")]]
     assert len(manifests) == len(submitted)
     job_ids = {int((m.get("slurm") or {}).get("SLURM_JOB_ID", -1)) for m in manifests}
@@ -90,11 +91,11 @@ def test_test_preset_runs_under_slurm_like_locally(test_preset_run, slurm, tmp_p
     assert start_a < end_b and start_b < end_a, infos
 
     # Same seed, same numbers as the local run of the same preset (wall-clock fields aside).
-    a, b = (json.loads((root / FINETUNED.directory() / "summary.json").read_text()) for root in (ws, test_preset_run))
+    a, b = (json.loads((root / FINETUNED.directory(RESULTS) / "summary.json").read_text()) for root in (ws, test_preset_run))
     assert a.pop("seconds_this_session") > 0 and b.pop("seconds_this_session") > 0
     assert a == b, FINETUNED.key
-    _assert_same_numbers(ws, test_preset_run, f"{FINETUNED.directory()}/train_log.csv")
-    _assert_same_numbers(ws, test_preset_run, f"{EVALUATED.directory()}/eval.csv")
+    _assert_same_numbers(ws, test_preset_run, f"{FINETUNED.directory(RESULTS)}/train_log.csv")
+    _assert_same_numbers(ws, test_preset_run, f"{EVALUATED.directory(RESULTS)}/eval.csv")
 
 
 def _assert_same_numbers(ws, local_ws, rel: str) -> None:

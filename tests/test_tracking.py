@@ -103,9 +103,11 @@ def test_bad_run_files_are_named(tmp_path):
 
 
 def test_uri_comes_from_the_config_then_the_environment_then_the_local_store():
-    assert resolve_uri("http://h:5000", {"MLFLOW_TRACKING_URI": "http://env:1"}) == "http://h:5000"
-    assert resolve_uri(None, {"MLFLOW_TRACKING_URI": "http://env:1"}) == "http://env:1"
-    assert resolve_uri(None, {}) == "sqlite:///results/mlruns/mlflow.db"
+    assert resolve_uri("http://h:5000", environ={"MLFLOW_TRACKING_URI": "http://env:1"}) == "http://h:5000"
+    assert resolve_uri(None, environ={"MLFLOW_TRACKING_URI": "http://env:1"}) == "http://env:1"
+    assert resolve_uri(None, environ={}) == "sqlite:///results/mlruns/mlflow.db"
+    # Each config's local store lives in its own results folder.
+    assert resolve_uri(None, "results-test", environ={}) == "sqlite:///results-test/mlruns/mlflow.db"
     assert public_uri("https://me:secret@host:8443/x") == "https://me:***@host:8443/x"
     # On in the embedded default, off in the test preset.
     assert load_config(REPO / "config.yaml")["tracking"]["enabled"] is True
@@ -118,7 +120,7 @@ def test_local_store_is_idempotent_and_replaces_a_changed_run(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     summaries = [_write_run(tmp_path, "lora", r) for r in (1, 4)]
     runs_csv = _write_runs_csv(tmp_path)
-    uri = resolve_uri(None, {})  # the local SQLite store under results/mlruns/
+    uri = resolve_uri(None, environ={})  # the local SQLite store under results/mlruns/
     first = track(summaries, runs_csv, uri, "exp", out=tmp_path / "results/tracking/mlflow.json")
     assert first["counts"] == {"created": 2, "replaced": 0, "unchanged": 0}
     assert (tmp_path / "results/mlruns/mlflow.db").is_file()
@@ -220,18 +222,19 @@ def test_test_preset_runs_reach_a_real_mlflow_server(test_preset_run, mlflow_ser
     shutil.copytree(test_preset_run, ws, symlinks=True)  # the shared run stays read-only
     cfg = yaml.safe_load((ws / "presets/test.yaml").read_text())
     cfg["tracking"] = {"enabled": True, "uri": mlflow_server, "experiment": "repro-test-preset"}
+    cfg["results"] = "results-test"  # the finished run's folder, named explicitly (else results-tracked/)
     (ws / "tracked.yaml").write_text(yaml.safe_dump(cfg))
 
     proc = _snakemake(ws, "--cores", "1", "--configfile", "tracked.yaml")
-    assert proc.returncode == 0, proc.stderr[-3000:] + (ws / "logs/tracking/track_runs.log").read_text()[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + (ws / "results-test/logs/tracking/track_runs.log").read_text()[-3000:]
     # Turning tracking on adds exactly this rule to the finished run: nothing is retrained.
     assert _job_stats(proc.stdout + proc.stderr) == {"all": 1, "track_runs": 1}
-    marker = json.loads((ws / "results/tracking/mlflow.json").read_text())
+    marker = json.loads((ws / "results-test/tracking/mlflow.json").read_text())
     assert marker["tracking_uri"] == mlflow_server and marker["counts"]["created"] == 4
 
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("repro-test-preset")
-    runs = pd.read_csv(ws / "results/lm/runs.csv")
+    runs = pd.read_csv(ws / "results-test/lm/runs.csv")
     tracked = client.search_runs([exp.experiment_id])
     assert len(tracked) == len(runs.groupby(RUN_KEYS)) == 4
     task_cols = [c for c in runs if c.startswith("task_") and not c.endswith(("_stderr", "_n"))]
@@ -260,8 +263,8 @@ def test_test_preset_runs_reach_a_real_mlflow_server(test_preset_run, mlflow_ser
             assert want and got == want, col
 
     # Running the rule's command again logs nothing twice.
-    summaries = sorted(str(p.relative_to(ws)) for p in (ws / "results/lm/runs").rglob("summary.json"))
-    again = subprocess.run([str(BIN / "repro"), "track", "--configfile", "tracked.yaml", "--runs", "results/lm/runs.csv",
+    summaries = sorted(str(p.relative_to(ws)) for p in (ws / "results-test/lm/runs").rglob("summary.json"))
+    again = subprocess.run([str(BIN / "repro"), "track", "--configfile", "tracked.yaml", "--runs", "results-test/lm/runs.csv",
                             "--experiment", "repro-test-preset", "--out", "again.json", *summaries], cwd=ws,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

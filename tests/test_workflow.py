@@ -33,7 +33,7 @@ def _check_latex_fragment(text: str) -> None:
 @pytest.mark.slow
 def test_test_preset_runs_the_whole_dag(test_preset_run):
     ws = test_preset_run
-    runs = pd.read_csv(ws / "results/lm/runs.csv")
+    runs = pd.read_csv(ws / "results-test/lm/runs.csv")
     assert set(REQUIRED_COLUMNS) <= set(runs.columns)
     # 2 methods x 2 ranks, each with checkpoints 0, 1, 2, 4, 8.
     assert len(runs) == 4 * 5
@@ -49,23 +49,23 @@ def test_test_preset_runs_the_whole_dag(test_preset_run):
     assert r4["rslora"] == pytest.approx(2 * r4["lora"])
 
     # Figures, tables and numbers of the forgetting and rsLoRA studies come out of the same run.
-    figures = sorted((ws / "results/figures").glob("*.pdf"))
+    figures = sorted((ws / "results-test/figures").glob("*.pdf"))
     names = {p.name.split("_tiny")[0].removesuffix(".pdf") for p in figures}
     assert {"forgetting_vs_finetune", "losses_vs_steps", "rslora_learning_curves", "rslora_grad_norms",
             "rank_stability_sgd", "rank_stability_adam"} <= names
     for pdf in figures:
         assert pdf.read_bytes().count(b"/Type /Page") >= 1 and pdf.with_suffix(".png").stat().st_size > 1000
-    tables = sorted((ws / "results/tables").glob("*.tex"))
+    tables = sorted((ws / "results-test/tables").glob("*.tex"))
     assert {"linear_law", "power_laws", "gradient_norms", "early_stopping"} <= {t.stem for t in tables}
     for table in tables:
         _check_latex_fragment(table.read_text())
-    numbers = (ws / "results/numbers.tex").read_text()
+    numbers = (ws / "results-test/numbers.tex").read_text()
     assert "\\newcommand{\\LinLoraSlope}" in numbers or "\\newcommand{\\LinLoraStatus}" in numbers
     assert "\\newcommand{\\GradNormRatioRslora}" in numbers
 
     # The law-fit contract: every power law by Huber on log residuals from >= 8 starts, with convergence,
     # bound and both extrapolation errors reported; the linear law with run-clustered errors.
-    fits = pd.read_csv(ws / "results/laws/fits.csv")
+    fits = pd.read_csv(ws / "results-test/laws/fits.csv")
     for col in ("fit_loss", "n_starts", "converged", "at_bound", "extrap_rmse_steps", "extrap_rmse_rank", "se_kind"):
         assert col in fits.columns, col
     power = fits[(fits["family"] != "linear") & (fits["status"] == "ok")]
@@ -105,14 +105,15 @@ def test_bad_config_stops_before_any_job(tmp_path, override, key):
     proc = _snakemake(ws, "-n", "--configfile", "bad.yaml")
     assert proc.returncode != 0
     assert key in proc.stderr + proc.stdout
-    assert not (ws / "results").exists()
+    assert not list(ws.glob("results*"))
 
 
 def test_paper_preset_plans(tmp_path):
     ws = _workspace(tmp_path)
     proc = _snakemake(ws, "-n", "--configfile", "presets/paper.yaml")
     # Planning writes nothing: the resolved config is written when a run starts, not while parsing.
-    assert not (ws / "results").exists()
+    assert not list(ws.glob("results*"))
+    assert "results-paper/lm/runs.csv" in proc.stdout  # the preset's own folder
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout + proc.stderr
     # 2 methods x 9 ranks on OpenOrca, Llama-2-7b-chat from the hub.
@@ -132,8 +133,8 @@ def test_readme_snakemake_command_runs_without_the_venv_on_path(tmp_path):
     bin_dir = str(Path(sys.executable).parent)
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != bin_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PATH")}
-    proc = subprocess.run([str(Path(bin_dir) / "snakemake"), "--cores", "1", "results/laws/rank_stability.csv",
+    proc = subprocess.run([str(Path(bin_dir) / "snakemake"), "--cores", "1", "results-test/laws/rank_stability.csv",
                            "--configfile", "presets/test.yaml"], cwd=ws, env={**env, "PATH": path},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (ws / "results/laws/rank_stability_slopes.csv").stat().st_size > 0
+    assert (ws / "results-test/laws/rank_stability_slopes.csv").stat().st_size > 0

@@ -34,6 +34,17 @@ def cmd_config_check(args) -> int:
     return 0
 
 
+def cmd_config_results_dir(args) -> int:
+    """The folder the workflow writes this config's results to (as the Snakefile chooses it)."""
+    from .config import results_folder
+
+    if args.configfile is None:
+        print(results_folder({}))
+        return 0
+    print(results_folder(load_config(args.configfile), [args.configfile]))
+    return 0
+
+
 def cmd_model_fetch(args) -> int:
     from .lm.models import fetch_model
 
@@ -128,7 +139,7 @@ def cmd_track(args) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
     cfg = load_config(args.configfile)
-    uri = args.tracking_uri or resolve_uri(cfg["tracking"]["uri"])
+    uri = args.tracking_uri or resolve_uri(cfg["tracking"]["uri"], cfg.get("results") or "results")
     experiment = args.experiment or experiment_name(cfg)
     from mlflow.exceptions import MlflowException
 
@@ -154,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--print", action="store_true", help="print the validated config with defaults")
     p.set_defaults(func=cmd_config_check)
+    p = config.add_parser("results-dir", help="print the results folder the workflow uses for a config file")
+    p.add_argument("--configfile", type=Path, help="the file given to snakemake --configfile (default: config.yaml)")
+    p.set_defaults(func=cmd_config_results_dir)
 
     model = sub.add_parser("model", help="base models").add_subparsers(dest="action", required=True)
     p = model.add_parser("fetch", help="download/convert the configured model to safetensors")
@@ -217,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--runs", required=True, type=Path, help="runs.csv of repro aggregate (evaluation metrics)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri, MLFLOW_TRACKING_URI, "
-                   "else sqlite:///results/mlruns/mlflow.db)")
+                   "else sqlite:///<results folder>/mlruns/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment, else repro-<model>)")
     p.add_argument("--out", type=Path, help="JSON summary to write: MLflow run id and action per run")
     p.add_argument("summaries", nargs="+", type=Path, help="summary.json of each run")

@@ -11,6 +11,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,34 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+
+
+DEFAULT_RESULTS = "results"
+# The same pattern as the schema's key: one folder of the workflow, never a path out of it.
+RESULTS_NAME = re.compile(r"results[A-Za-z0-9._-]*")
+
+
+def check_results_name(name: object) -> str:
+    if not isinstance(name, str) or not RESULTS_NAME.fullmatch(name):
+        raise ConfigError(f"results folder {name!r}: expected one folder name starting with 'results' "
+                          "(letters, digits, '.', '_', '-'), e.g. results-mine")
+    return name
+
+
+def results_folder(config: dict, configfiles: Iterable[str | Path] = (), workdir: str | Path = ".") -> str:
+    """The folder a config's outputs and logs go to (relative to the workflow).
+
+    The config's own ``results`` key when set (a resolved config always sets it); else ``results`` for
+    the embedded config.yaml and ``results-<name>`` for a config file ``<name>.yaml`` given with
+    --configfile, so that the test preset, a cluster preset or a user's edited copy never overwrite the
+    default run's files.
+    """
+    chosen = config.get("results")
+    if not chosen:
+        files = [Path(f) for f in configfiles]
+        if not files or files[-1].resolve() == (Path(workdir) / "config.yaml").resolve():
+            chosen = DEFAULT_RESULTS
+        else:
+            stem = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in files[-1].stem)
+            chosen = f"{DEFAULT_RESULTS}-{stem}"
+    return check_results_name(chosen)

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit, urlunsplit
 from .lm.runs import Run, format_lr
 
 SCHEMA = "repro-tracking/1"
-DEFAULT_URI = "sqlite:///results/mlruns/mlflow.db"
 TAG_KEY = "repro.run_key"
 TAG_CONTENT = "repro.content_hash"
 
@@ -51,9 +50,14 @@ class TrackingError(ValueError):
     """A run's files cannot be logged; the message names the file and what is wrong."""
 
 
-def resolve_uri(config_uri: str | None, environ=os.environ) -> str:
+def default_uri(results: str = "results") -> str:
+    """The local SQLite store inside the config's results folder."""
+    return f"sqlite:///{results}/mlruns/mlflow.db"
+
+
+def resolve_uri(config_uri: str | None, results: str = "results", environ=os.environ) -> str:
     """tracking.uri from the config, else MLFLOW_TRACKING_URI, else the local SQLite store."""
-    return config_uri or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    return config_uri or environ.get("MLFLOW_TRACKING_URI") or default_uri(results)
 
 
 def experiment_name(config: dict) -> str:

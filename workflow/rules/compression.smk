@@ -43,7 +43,7 @@ rule compression_enumerate:
     output:
         f"{COMP_DIR}/enumerate/n{{n}}_d{{d}}.json",
     log:
-        "logs/compression/enumerate/n{n}_d{d}.log",
+        f"{LOGS}/compression/enumerate/n{{n}}_d{{d}}.log",
     wildcard_constraints:
         n=r"\d+",
         d=r"\d+",
@@ -66,7 +66,7 @@ rule compression_schemes:
         records=f"{COMP_DIR}/schemes/n{{n}}_d{{d}}_{{kind}}.jsonl.gz",
         summary=f"{COMP_DIR}/schemes/n{{n}}_d{{d}}_{{kind}}.json",
     log:
-        "logs/compression/schemes/n{n}_d{d}_{kind}.log",
+        f"{LOGS}/compression/schemes/n{{n}}_d{{d}}_{{kind}}.log",
     wildcard_constraints:
         n=r"\d+",
         d=r"\d+",
@@ -88,7 +88,7 @@ rule compression_named:
         report=f"{COMP_DIR}/named/{{name}}.json",
         records=f"{COMP_DIR}/named/{{name}}.jsonl.gz",
     log:
-        "logs/compression/named/{name}.log",
+        f"{LOGS}/compression/named/{{name}}.log",
     wildcard_constraints:
         name=r"warmuth|kw-maximal|kw-table1|kw-table2|kw-maximum|cube[1-6]",
     conda:
@@ -108,7 +108,7 @@ rule compression_compactness:
         report=f"{COMP_DIR}/compactness/compactness.json",
         records=f"{COMP_DIR}/compactness/compactness.jsonl.gz",
     log:
-        "logs/compression/compactness.log",
+        f"{LOGS}/compression/compactness.log",
     conda:
         "../../envs/compression.yaml"
     resources:
@@ -128,7 +128,7 @@ rule compression_verify:
     output:
         f"{COMP_DIR}/verify/{{stem}}.json",
     log:
-        "logs/compression/verify/{stem}.log",
+        f"{LOGS}/compression/verify/{{stem}}.log",
     wildcard_constraints:
         stem=r"(schemes|named|compactness)/[A-Za-z0-9_.-]+",
     conda:
@@ -149,7 +149,7 @@ rule compression_tables:
     output:
         COMP_TABLES,
     log:
-        "logs/compression/tables.log",
+        f"{LOGS}/compression/tables.log",
     conda:
         "../../envs/compression.yaml"
     resources:
@@ -168,7 +168,7 @@ rule compression_numbers:
     output:
         COMP_NUMBERS,
     log:
-        "logs/compression/numbers.log",
+        f"{LOGS}/compression/numbers.log",
     conda:
         "../../envs/compression.yaml"
     resources:

@@ -69,7 +69,7 @@ rule fit_laws:
         gradnorm_by_rank=f"{LAWS}/gradnorm_by_rank.csv",
         curves=f"{LAWS}/curves.csv",
     log:
-        "logs/laws/fit_laws.log",
+        f"{LOGS}/laws/fit_laws.log",
     priority: 100
     conda:
         "../../envs/laws.yaml"
@@ -91,7 +91,7 @@ rule rank_stability:
         moments=f"{LAWS}/rank_stability.csv",
         slopes=f"{LAWS}/rank_stability_slopes.csv",
     log:
-        "logs/laws/rank_stability.log",
+        f"{LOGS}/laws/rank_stability.log",
     conda:
         "../../envs/laws.yaml"
     resources:
@@ -115,7 +115,7 @@ rule figures:
     output:
         [lm_report(f, LM_REPORT_CATEGORIES) for f in LM_FIGURES],
     log:
-        "logs/laws/figures.log",
+        f"{LOGS}/laws/figures.log",
     priority: 100
     conda:
         "../../envs/report.yaml"
@@ -138,7 +138,7 @@ rule tables:
     output:
         LM_TABLES,
     log:
-        "logs/laws/tables.log",
+        f"{LOGS}/laws/tables.log",
     priority: 100
     conda:
         "../../envs/report.yaml"
@@ -161,7 +161,7 @@ rule numbers:
     output:
         f"{RESULTS}/numbers.tex",
     log:
-        "logs/laws/numbers.log",
+        f"{LOGS}/laws/numbers.log",
     priority: 100
     conda:
         "../../envs/report.yaml"

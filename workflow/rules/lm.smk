@@ -19,7 +19,7 @@ rule download_model:
     output:
         manifest=f"{RESOURCES}/models/{{model}}/manifest.json",
     log:
-        f"logs/download_model/{{model}}.log",
+        f"{LOGS}/download_model/{{model}}.log",
     priority: 100  # the language-model chain is the critical path: it starts first, short jobs fill the gaps
     conda:
         "../../envs/lm.yaml"
@@ -41,7 +41,7 @@ rule prepare_data:
     output:
         manifest=f"{RESULTS}/data/{{model}}/manifest.json",
     log:
-        f"logs/prepare_data/{{model}}.log",
+        f"{LOGS}/prepare_data/{{model}}.log",
     priority: 100
     conda:
         "../../envs/lm.yaml"
@@ -66,7 +66,7 @@ rule finetune:
         summary=f"{RUN_DIR}/summary.json",
         log=f"{RUN_DIR}/train_log.csv",
     log:
-        f"logs/finetune/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
+        f"{LOGS}/finetune/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
     conda:
         "../../envs/lm.yaml"
@@ -94,7 +94,7 @@ rule evaluate:
     output:
         f"{RUN_DIR}/eval.csv",
     log:
-        f"logs/evaluate/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
+        f"{LOGS}/evaluate/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
     conda:
         "../../envs/lm.yaml"
@@ -129,7 +129,7 @@ rule evaluate_tasks_base:
         scores=f"{RESULTS}/lm/evals/{{model}}/base.csv",
         replies=f"{RESULTS}/lm/evals/{{model}}/base.responses.jsonl",
     log:
-        f"logs/evaluate_tasks/{{model}}/base.log",
+        f"{LOGS}/evaluate_tasks/{{model}}/base.log",
     priority: 100
     conda:
         "../../envs/lm.yaml"
@@ -153,7 +153,7 @@ rule evaluate_tasks:
         scores=f"{RUN_DIR}/tasks.csv",
         replies=f"{RUN_DIR}/tasks.responses.jsonl",
     log:
-        f"logs/evaluate_tasks/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
+        f"{LOGS}/evaluate_tasks/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
     conda:
         "../../envs/lm.yaml"
@@ -178,7 +178,7 @@ rule aggregate:
         runs=f"{RESULTS}/lm/runs.csv",
         steps=f"{RESULTS}/lm/steps.csv",
     log:
-        "logs/aggregate.log",
+        f"{LOGS}/aggregate.log",
     priority: 100
     conda:
         "../../envs/report.yaml"

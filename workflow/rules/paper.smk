@@ -1,11 +1,14 @@
 # The paper: setup macros from the resolved config, provenance of every job, then latexmk.
-# Not part of `all`: `make paper` (or `snakemake paper/main.pdf`) builds it. Its inputs are the
+# Not part of `all`: `make paper` (or `snakemake paper`) builds it. Its inputs are the
 # figures, tables and numbers of every branch this workflow includes, so a change in any of them
 # (or in paper/) rebuilds the PDF and nothing else.
 import glob
 import os
 
-PAPER_PDF = "paper/main.pdf"
+# The default config's paper stays at paper/main.pdf; another config's goes into its results folder,
+# built in its own LaTeX folder, so two configs' papers never share a build.
+PAPER_PDF = "paper/main.pdf" if RESULTS == "results" else f"{RESULTS}/paper/main.pdf"
+PAPER_BUILD_DIR = "build" if RESULTS == "results" else f"build-{RESULTS}"
 PAPER_SETUP = f"{RESULTS}/paper/setup.tex"
 PROVENANCE = f"{RESULTS}/provenance.json"
 PROVENANCE_MACROS = f"{RESULTS}/paper/provenance_macros.tex"
@@ -25,7 +28,7 @@ TEB_PAPER_TABLES = PAPER_INPUTS.get("teb", {}).get("tables", [])
 PAPER_SOURCES = sorted(
     p
     for p in glob.glob("paper/**/*", recursive=True)
-    if p.endswith((".tex", ".bib", ".sty", ".bst", ".cls")) and not p.startswith("paper/build/")
+    if p.endswith((".tex", ".bib", ".sty", ".bst", ".cls")) and not p.startswith("paper/build")
 )
 
 
@@ -33,7 +36,7 @@ rule paper_setup:
     output:
         PAPER_SETUP,
     log:
-        "logs/paper/setup.log",
+        f"{LOGS}/paper/setup.log",
     conda:
         "../../envs/report.yaml"
     resources:
@@ -54,7 +57,7 @@ if TEB_PAPER_FIGURES or TEB_PAPER_TABLES:
         output:
             TEB_INVENTORY,
         log:
-            "logs/paper/teb_inventory.log",
+            f"{LOGS}/paper/teb_inventory.log",
         conda:
             "../../envs/report.yaml"
         resources:
@@ -80,7 +83,7 @@ rule provenance_collect:
         macros=PROVENANCE_MACROS,
         table=PROVENANCE_TABLE,
     log:
-        "logs/paper/provenance.log",
+        f"{LOGS}/paper/provenance.log",
     conda:
         "../../envs/report.yaml"
     resources:
@@ -103,10 +106,15 @@ rule paper:
         pdf=report(PAPER_PDF, caption="../report/paper.rst", category="Paper"),
         build=f"{RESULTS}/paper/build.json",
     log:
-        "logs/paper/latexmk.log",
+        f"{LOGS}/paper/latexmk.log",
     conda:
         "../../envs/latex.yaml"
     resources:
         **resources_for("light"),
+    params:
+        build_dir=PAPER_BUILD_DIR,
+        # The results folder as the paper folder sees it: where build.json goes, one level up.
+        results_dir=lambda w, output: os.path.join("..", os.path.dirname(os.path.dirname(output.build))),
     shell:
-        "repro paper build --dir paper --out {output.pdf} --report {output.build} > {log} 2>&1"
+        "repro paper build --dir paper --build-dir {params.build_dir} --results-dir {params.results_dir}"
+        " --out {output.pdf} --report {output.build} > {log} 2>&1"

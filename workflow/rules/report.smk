@@ -14,7 +14,7 @@ if REPORT_TABLES:
         output:
             [report_table(f, REPORT_TABLES_DIR) for f in REPORT_TABLES],
         log:
-            "logs/report/report_tables.log",
+            f"{LOGS}/report/report_tables.log",
         conda:
             "../../envs/report.yaml"
         resources:

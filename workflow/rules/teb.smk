@@ -44,7 +44,7 @@ rule teb_data:
         data=f"{TEB_DIR}/data/{{task}}/data.pt",
         manifest=f"{TEB_DIR}/data/{{task}}/manifest.json",
     log:
-        "logs/teb/data/{task}.log",
+        f"{LOGS}/teb/data/{{task}}.log",
     conda:
         "../../envs/teb.yaml"
     resources:
@@ -66,7 +66,7 @@ rule teb_target:
         summary=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
         epochs=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/log.csv",
     log:
-        "logs/teb/target/{task}_seed{seed}.log",
+        f"{LOGS}/teb/target/{{task}}_seed{{seed}}.log",
     conda:
         "../../envs/teb.yaml"
     threads: TEB["threads"]
@@ -90,7 +90,7 @@ rule teb_train:
         summary=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/summary.json",
         epochs=f"{TEB_DIR}/models/{{task}}/{{variant}}/beta{{beta}}/seed{{seed}}/log.csv",
     log:
-        "logs/teb/train/{task}_{variant}_beta{beta}_seed{seed}.log",
+        f"{LOGS}/teb/train/{{task}}_{{variant}}_beta{{beta}}_seed{{seed}}.log",
     wildcard_constraints:
         task=r"[A-Za-z0-9][A-Za-z0-9._-]*",
         variant=r"teb|teb0|deterministic|joint",
@@ -119,7 +119,7 @@ rule teb_eval:
     output:
         f"{TEB_DIR}/evals/{{task}}/seed{{seed}}.csv",
     log:
-        "logs/teb/eval/{task}_seed{seed}.log",
+        f"{LOGS}/teb/eval/{{task}}_seed{{seed}}.log",
     conda:
         "../../envs/teb.yaml"
     threads: TEB["threads"]
@@ -142,7 +142,7 @@ rule teb_estimators:
     output:
         f"{TEB_DIR}/estimators/{{task}}.csv",
     log:
-        "logs/teb/estimators/{task}.log",
+        f"{LOGS}/teb/estimators/{{task}}.log",
     conda:
         "../../envs/teb.yaml"
     resources:
@@ -166,7 +166,7 @@ rule teb_aggregate:
         sweep=f"{TEB_DIR}/te_sweep.csv",
         plane=f"{TEB_DIR}/info_plane.csv",
     log:
-        "logs/teb/aggregate.log",
+        f"{LOGS}/teb/aggregate.log",
     conda:
         "../../envs/teb.yaml"
     resources:
@@ -196,7 +196,7 @@ rule teb_figures:
         ),
         report(f"{RESULTS}/figures/teb_switch.png", caption="../report/teb_switch.rst", category="TEB"),
     log:
-        "logs/teb/figures.log",
+        f"{LOGS}/teb/figures.log",
     conda:
         "../../envs/teb.yaml"
     resources:
@@ -215,7 +215,7 @@ rule teb_tables:
     output:
         TEB_TABLES,
     log:
-        "logs/teb/tables.log",
+        f"{LOGS}/teb/tables.log",
     conda:
         "../../envs/teb.yaml"
     resources:
@@ -235,7 +235,7 @@ rule teb_numbers:
     output:
         f"{TEB_DIR}/numbers.tex",
     log:
-        "logs/teb/numbers.log",
+        f"{LOGS}/teb/numbers.log",
     conda:
         "../../envs/teb.yaml"
     resources:

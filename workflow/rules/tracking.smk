@@ -5,7 +5,9 @@ from repro.tracking import experiment_name, public_uri, resolve_uri
 
 TRACKING = config["tracking"]
 TRACKING_SUMMARY = f"{RESULTS}/tracking/mlflow.json"
-TRACKING_URI = resolve_uri(TRACKING["uri"])  # checked when a run that tracks starts (Snakefile onstart)
+TRACKING_URI = resolve_uri(
+    TRACKING["uri"], RESULTS
+)  # checked when a run that tracks starts (Snakefile onstart)
 
 if TRACKING["enabled"]:
     ALL_TARGETS.append(TRACKING_SUMMARY)
@@ -24,7 +26,7 @@ rule track_runs:
     output:
         TRACKING_SUMMARY,
     log:
-        "logs/tracking/track_runs.log",
+        f"{LOGS}/tracking/track_runs.log",
     conda:
         "../../envs/tracking.yaml"
     resources:

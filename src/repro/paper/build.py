@@ -48,12 +48,17 @@ def analyse_log(text: str) -> dict:
 
 
 def build(paper_dir: Path, out: Path, main: str = "main.tex", build_dir: str = "build",
-          report: Path | None = None, allow_undefined: bool = False, timeout: int = 600) -> dict:
+          report: Path | None = None, allow_undefined: bool = False, timeout: int = 600,
+          results_dir: str = "../results") -> dict:
     check_tex()
     paper_dir = Path(paper_dir)
     stem = Path(main).stem
+    if any(ch in results_dir for ch in "\\{}%#$ "):
+        raise PaperError(f"results folder {results_dir!r}: not a plain path LaTeX can read")
+    # The sources read every result through \resultsdir (repro-macros.tex provides ../results), so one
+    # paper source builds any config's results folder.
     cmd = ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-file-line-error",
-           f"-outdir={build_dir}", main]
+           f"-outdir={build_dir}", f"-usepretex=\\def\\resultsdir{{{results_dir}}}", main]
     # Unwrapped log lines, so that warnings and missing-part notes are parsed whole.
     env = {**os.environ, "max_print_line": "10000", "error_line": "254", "half_error_line": "238"}
     proc = subprocess.run(cmd, cwd=paper_dir, capture_output=True, text=True, timeout=timeout, env=env)

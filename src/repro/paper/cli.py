@@ -25,7 +25,8 @@ def cmd_build(args) -> int:
     from .build import PaperError, build
 
     try:
-        info = build(args.dir, args.out, args.main, args.build_dir, args.report, args.allow_undefined)
+        info = build(args.dir, args.out, args.main, args.build_dir, args.report, args.allow_undefined,
+                     results_dir=args.results_dir)
     except PaperError as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 1
@@ -53,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--dir", type=Path, default=Path("paper"), help="folder holding the main .tex")
     p.add_argument("--main", default="main.tex")
     p.add_argument("--build-dir", default="build", help="latexmk -outdir, relative to --dir")
+    p.add_argument("--results-dir", default="../results",
+                   help="the config's results folder as seen from --dir (the paper's \\resultsdir)")
     p.add_argument("--out", required=True, type=Path, help="where the PDF is copied")
     p.add_argument("--report", type=Path, help="JSON: pages, undefined references, missing parts")
     p.add_argument("--allow-undefined", action="store_true")

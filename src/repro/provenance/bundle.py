@@ -3,11 +3,11 @@
 A bundle carries what the paper is built from, so a laptop rebuilds it from a cluster's run without
 training anything:
 
-- ``results/**`` except model weights and training state (``*.safetensors``, ``*.pt``, ``*.pth``,
+- the config's results folder (``results/**`` for config.yaml, ``results-<name>/**`` for another
+  config; its ``logs/`` included) except model weights and training state (``*.safetensors``, ``*.pt``, ``*.pth``,
   ``*.bin``, ``*.ckpt``, ``*.gguf``, ``*.npy``, ``*.npz``, ``*.pkl``, ``*.onnx``, any ``state/`` folder),
-  the prepared data files (``results/data/<model>/*``: regenerable and large at paper scale; their
+  the prepared data files (``<results>/data/<model>/*``: regenerable and large at paper scale; their
   ``manifest.json`` with a SHA-256 per file is kept), the LaTeX build folder and earlier bundles;
-- ``logs/**`` (the jobs' logs);
 - from ``resources/`` only each model's ``manifest.json`` and provenance manifests (never weights);
 - ``.bundle/index.json`` (every file with SHA-256, size and mtime; what was left out and why),
   ``.bundle/SHA256SUMS`` (``sha256sum -c`` format) and ``.bundle/snakemake-metadata.json`` (Snakemake's
@@ -24,7 +24,7 @@ noticed, exactly as on the machine that ran the jobs) after clearing stale ``inc
 
 A bundle may come from someone else. Unpack reads it twice: the first pass checks every member (a regular
 file the index lists, with the index's SHA-256 and size; no absolute path, ``..``, link, device or FIFO),
-the index (only paths pack would choose: nothing outside results/, logs/ and model manifests, no weights
+the index (only paths pack would choose: nothing outside its results folder and model manifests, no weights
 that unpickle, no code), ``SHA256SUMS`` against the index, and the destination (not a symbolic link, no
 link inside it leading out); only then does the second pass write, each file through a temporary name.
 """
@@ -41,7 +41,8 @@ import tarfile
 import time
 from pathlib import Path, PurePosixPath
 
-from ..config import config_hash
+from ..config import ConfigError, config_hash
+from ..config import check_results_name as _check_results_name
 from ..io import atomic_path, sha256_file
 from ..locks import JOBS_LOCK, RUN_INFO, RUN_LOCK
 from .manifest import MANIFEST_DIR, git_state, package_versions, utc_now
@@ -50,7 +51,7 @@ INDEX = ".bundle/index.json"
 SUMS = ".bundle/SHA256SUMS"
 METADATA = ".bundle/snakemake-metadata.json"
 WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".npy", ".npz", ".pkl", ".onnx"}
-ROOTS = ("results", "logs", "resources")
+OUTSIDE = "outside the results folder and resources/"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -66,11 +67,18 @@ def _zstd():
     return zstandard
 
 
-def selection_reason(rel: PurePosixPath) -> str | None:
+def check_results_name(results: object) -> str:
+    try:
+        return _check_results_name(results)
+    except ConfigError as exc:
+        raise BundleError(str(exc)) from None
+
+
+def selection_reason(rel: PurePosixPath, results: str = "results") -> str | None:
     """None when ``rel`` (relative to the workflow root) goes into the bundle, else why not."""
     parts = rel.parts
-    if not parts or parts[0] not in ROOTS:
-        return "outside results/, logs/, resources/"
+    if not parts or parts[0] not in (results, "resources"):
+        return OUTSIDE
     if parts[0] == "resources":
         ok = len(parts) >= 4 and parts[1] == "models" and (
             (len(parts) == 4 and parts[3] == "manifest.json") or (len(parts) == 5 and parts[3] == MANIFEST_DIR))
@@ -79,7 +87,7 @@ def selection_reason(rel: PurePosixPath) -> str | None:
         return "model weights or tensors"
     if "state" in parts[:-1]:
         return "resumable training state"
-    if parts[0] == "results":
+    if parts[0] == results:
         name = parts[-1]
         if len(parts) == 2 and name.startswith("bundle-") and ".tar" in name:
             return "a bundle"
@@ -93,9 +101,9 @@ def selection_reason(rel: PurePosixPath) -> str | None:
     return None
 
 
-def select_files(root: Path, max_file_mb: float) -> tuple[list[str], list[dict]]:
+def select_files(root: Path, max_file_mb: float, results: str = "results") -> tuple[list[str], list[dict]]:
     chosen, omitted = [], []
-    for top in ROOTS:
+    for top in (results, "resources"):
         base = root / top
         if not base.is_dir():
             continue
@@ -106,12 +114,12 @@ def select_files(root: Path, max_file_mb: float) -> tuple[list[str], list[dict]]
                 if path.is_symlink() or not path.is_file():
                     continue
                 rel = PurePosixPath(path.relative_to(root).as_posix())
-                reason = selection_reason(rel)
+                reason = selection_reason(rel, results)
                 if reason is None and path.stat().st_size > max_file_mb * 2**20:
                     reason = f"larger than {max_file_mb:g} MB"
                 if reason is None:
                     chosen.append(str(rel))
-                elif reason not in ("outside results/, logs/, resources/",):
+                elif reason != OUTSIDE:
                     omitted.append({"path": str(rel), "reason": reason})
     return chosen, omitted
 
@@ -168,8 +176,8 @@ def write_metadata(root: Path, records: dict[str, dict]) -> int:
     return len(records)
 
 
-def bundle_config_hash(root: Path) -> str:
-    resolved = root / "results" / "config" / "resolved.json"
+def bundle_config_hash(root: Path, results: str = "results") -> str:
+    resolved = root / results / "config" / "resolved.json"
     if not resolved.exists():
         raise BundleError(f"{resolved} not found: run the workflow first (it writes the resolved config)")
     return config_hash(json.loads(resolved.read_text()))
@@ -193,15 +201,16 @@ def _open_write(path: Path, fmt: str):
 
 
 def pack(root: Path = Path("."), out: Path | None = None, fmt: str = "auto", max_file_mb: float = 256.0,
-         metadata: bool = True) -> dict:
+         metadata: bool = True, results: str = "results") -> dict:
     root = Path(root)
-    chash = bundle_config_hash(root)
+    results = check_results_name(results)
+    chash = bundle_config_hash(root, results)
     if fmt == "auto":
         fmt = "zst" if _zstd() else "gz"
     if fmt == "zst" and not _zstd():
         raise BundleError("--format zst needs the zstandard package (pip install zstandard)")
-    out = Path(out) if out else root / "results" / f"bundle-{chash}.tar.{fmt}"
-    files, omitted = select_files(root, max_file_mb)
+    out = Path(out) if out else root / results / f"bundle-{chash}.tar.{fmt}"
+    files, omitted = select_files(root, max_file_mb, results)
     entries = []
     for rel in files:
         st = (root / rel).stat()
@@ -209,7 +218,7 @@ def pack(root: Path = Path("."), out: Path | None = None, fmt: str = "auto", max
                         "mtime": st.st_mtime})
     records = read_metadata(root, set(files)) if metadata else {}
     index = {
-        "schema": "repro-bundle/1", "config_hash": chash, "created": utc_now(), "git": git_state(root),
+        "schema": "repro-bundle/1", "config_hash": chash, "results": results, "created": utc_now(), "git": git_state(root),
         "packages": package_versions(("repro", "snakemake")), "files": entries, "omitted": omitted,
         "metadata_records": len(records),
     }
@@ -235,7 +244,7 @@ def pack(root: Path = Path("."), out: Path | None = None, fmt: str = "auto", max
             raw.close()
     os.replace(tmp, out)
     return {"bundle": str(out), "files": len(entries), "bytes": out.stat().st_size, "omitted": len(omitted),
-            "metadata_records": len(records), "config_hash": chash}
+            "metadata_records": len(records), "config_hash": chash, "results": results}
 
 
 def _open_read(path: Path):
@@ -281,6 +290,11 @@ def _index_files(bundle: Path, index: dict) -> dict[str, dict]:
     """The index's files by path, each path checked as pack would have chosen it."""
     files: dict[str, dict] = {}
     try:
+        results = check_results_name(index.get("results", "results"))
+    except BundleError:
+        raise BundleError(f"{bundle}: the index names the results folder {index.get('results')!r}; "
+                          "not a repro bundle") from None
+    try:
         entries = list(index["files"])
     except (KeyError, TypeError):
         raise BundleError(f"{bundle}: the index has no file list; not a repro bundle") from None
@@ -292,10 +306,10 @@ def _index_files(bundle: Path, index: dict) -> dict[str, dict]:
         rel = PurePosixPath(path)
         if not isinstance(path, str) or rel.is_absolute() or ".." in rel.parts or str(rel) != path:
             raise BundleError(f"{bundle}: the index lists {path!r}, a path outside the workflow folder")
-        reason = selection_reason(rel)
+        reason = selection_reason(rel, results)
         if reason is not None:
             # Only what pack takes travels: never code, weights that unpickle, or anything outside
-            # results/, logs/ and the model manifests.
+            # the results folder and the model manifests.
             raise BundleError(f"{bundle}: the index lists {path}, which no bundle carries ({reason})")
         if path in files:
             raise BundleError(f"{bundle}: the index lists {path} twice")
@@ -429,7 +443,8 @@ def unpack(bundle: Path, dest: Path = Path("."), force: bool = False, metadata: 
             os.utime(tmp, (member.mtime, member.mtime))
         restored.append(member.name)
     n_records = write_metadata(dest, records) if metadata else 0
-    return {"files": len(restored), "config_hash": index.get("config_hash"), "metadata_records": n_records,
+    return {"files": len(restored), "config_hash": index.get("config_hash"), "results": index.get("results", "results"),
+            "metadata_records": n_records,
             "created": index.get("created"), "git": index.get("git"), "sha256sums": bool(sums)}
 
 

@@ -21,7 +21,8 @@ def cmd_pack(args) -> int:
     from .bundle import BundleError, pack
 
     try:
-        info = pack(args.root, args.out, args.format, args.max_file_mb, metadata=not args.no_metadata)
+        info = pack(args.root, args.out, args.format, args.max_file_mb, metadata=not args.no_metadata,
+                    results=args.results)
     except BundleError as exc:
         print(f"repro: {exc}", file=sys.stderr)
         return 2
@@ -39,7 +40,7 @@ def cmd_unpack(args) -> int:
         return 2
     print(json.dumps(info, indent=1))
     print(f"restored {info['files']} files (config {info['config_hash']}); rebuild the paper without "
-          "training: make paper CONFIGFILE=results/config/resolved.json", file=sys.stderr)
+          f"training: make paper CONFIGFILE={info['results']}/config/resolved.json", file=sys.stderr)
     return 0
 
 
@@ -56,9 +57,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_collect)
 
     bundle = sub.add_parser("bundle", help="restorable results bundles").add_subparsers(dest="action", required=True)
-    p = bundle.add_parser("pack", help="write results/bundle-<confighash>.tar.zst (.tar.gz without zstandard)")
+    p = bundle.add_parser("pack", help="write <results>/bundle-<confighash>.tar.zst (.tar.gz without zstandard)")
     p.add_argument("--root", type=Path, default=Path("."), help="workflow folder (default: .)")
-    p.add_argument("--out", type=Path, help="bundle path (default: results/bundle-<confighash>.tar.<fmt>)")
+    p.add_argument("--results", default="results",
+                   help="the config's results folder (default: results, the embedded config's; "
+                        "`repro results-dir --configfile F` prints another config's)")
+    p.add_argument("--out", type=Path, help="bundle path (default: <results>/bundle-<confighash>.tar.<fmt>)")
     p.add_argument("--format", choices=["auto", "zst", "gz"], default="auto")
     p.add_argument("--max-file-mb", type=float, default=256.0, help="larger files are left out (listed)")
     p.add_argument("--no-metadata", action="store_true", help="leave Snakemake's metadata records out")
