@@ -22,13 +22,13 @@ TRAINING_RULES = {"download_model", "prepare_data", "finetune", "evaluate", "agg
                   "rank_stability", "figures", "tables", "numbers"}
 
 
-def _pages(pdf: Path) -> int:
+def _pages(pdf: Path, build: Path | None = None) -> int:
     """Pages of a pdflatex PDF: pdfinfo when installed, else pdflatex's own count in the build log
     (the page objects sit in compressed object streams, so the raw bytes do not show them)."""
     if shutil.which("pdfinfo"):
         out = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, timeout=60).stdout
         return int(re.search(r"^Pages:\s+(\d+)", out, re.M).group(1))
-    log = (pdf.parent / "build" / f"{pdf.stem}.log").read_text(errors="replace")
+    log = ((build or pdf.parent / "build") / f"{pdf.stem}.log").read_text(errors="replace")
     return int(re.findall(r"Output written on .*?\((\d+) pages?", log)[-1])
 
 
@@ -100,8 +100,9 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
     main_tex = (ws / "paper/main.tex").read_text()
     present = [s for s in STUDY_SECTIONS if f"\\input{{sections/{s}.tex}}" in main_tex]
     assert len(present) == len(STUDY_SECTIONS)
-    assert _pages(pdf) >= len(present)
-    assert json.loads((ws / "results-test/paper/build.json").read_text())["pages"] == _pages(pdf)
+    build = ws / "paper/build-results-test"
+    assert _pages(pdf, build) >= len(present)
+    assert json.loads((ws / "results-test/paper/build.json").read_text())["pages"] == _pages(pdf, build)
     assert not UNDEFINED.search(log), UNDEFINED.search(log).group(0)
     # Every graphic pdflatex read exists, and every figure of the forgetting/rsLoRA studies was read.
     fls = (ws / "paper/build-results-test/main.fls").read_text()
@@ -153,4 +154,5 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
         assert set(jobs) <= {"paper", "paper_setup"}, jobs
     rebuilt = snakemake(restored, "paper", "--cores", "2", "--configfile", "presets/test.yaml")
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert _pages(restored / "results-test/paper/main.pdf") == _pages(pdf)
+    assert (_pages(restored / "results-test/paper/main.pdf", restored / "paper/build-results-test")
+            == _pages(pdf, build))
