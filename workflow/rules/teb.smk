@@ -18,7 +18,7 @@ TEB_AR_TASKS = ar_task_names(TEB)
 TEB_SEEDS = TEB["seeds"]
 TEB_FIGURES = [
     f"{RESULTS}/figures/teb_{name}.{ext}"
-    for name in ("te_vs_exact", "info_plane", "switch")
+    for name in ("te_vs_exact", "beta_sweep", "switch")
     for ext in ("pdf", "png")
 ]
 TEB_TABLES = [f"{RESULTS}/tables/teb_{name}.tex" for name in ("tasks", "te_sweep")]
@@ -27,6 +27,7 @@ ALL_TARGETS.extend([*TEB_FIGURES, *TEB_TABLES, f"{TEB_DIR}/numbers.tex"])
 REPORT_TABLES.update(
     {
         f"{TEB_DIR}/evals.csv": ("teb_evals", "TEB"),
+        f"{TEB_DIR}/summary.csv": ("teb_summary", "TEB"),
         f"{TEB_DIR}/te_sweep.csv": ("teb_te_sweep", "TEB"),
         f"{TEB_DIR}/info_plane.csv": ("teb_info_plane_table", "TEB"),
         f"{TEB_DIR}/estimators.csv": ("teb_estimators", "TEB"),
@@ -114,6 +115,7 @@ rule teb_train:
 rule teb_eval:
     input:
         data=f"{TEB_DIR}/data/{{task}}/data.pt",
+        manifest=f"{TEB_DIR}/data/{{task}}/manifest.json",
         target=f"{TEB_DIR}/models/{{task}}/target/seed{{seed}}/summary.json",
         runs=teb_task_runs(TEB, TEB_DIR),
     output:
@@ -131,7 +133,7 @@ rule teb_eval:
         target=lambda wildcards, input: str(Path(input.target).parent),
         runs=lambda wc, input: " ".join(str(Path(p).parent) for p in input.runs),
     shell:
-        "repro teb eval --configfile {params.config} --task {wildcards.task} --data {input.data}"
+        "repro teb eval --configfile {params.config} --task {wildcards.task} --data {input.data} --manifest {input.manifest}"
         " --target {params.target} --seed {wildcards.seed} --out {output} {params.runs} > {log} 2>&1"
 
 
@@ -165,6 +167,7 @@ rule teb_aggregate:
         estimators=f"{TEB_DIR}/estimators.csv",
         sweep=f"{TEB_DIR}/te_sweep.csv",
         plane=f"{TEB_DIR}/info_plane.csv",
+        summary=f"{TEB_DIR}/summary.csv",
     log:
         f"{LOGS}/teb/aggregate.log",
     conda:
@@ -181,18 +184,19 @@ rule teb_aggregate:
 rule teb_figures:
     input:
         f"{TEB_DIR}/evals.csv",
+        f"{TEB_DIR}/summary.csv",
         f"{TEB_DIR}/te_sweep.csv",
         f"{TEB_DIR}/info_plane.csv",
     output:
         f"{RESULTS}/figures/teb_te_vs_exact.pdf",
-        f"{RESULTS}/figures/teb_info_plane.pdf",
+        f"{RESULTS}/figures/teb_beta_sweep.pdf",
         f"{RESULTS}/figures/teb_switch.pdf",
         # The HTML report shows the PNGs inline (like the language-model figures).
         report(
             f"{RESULTS}/figures/teb_te_vs_exact.png", caption="../report/teb_te_vs_exact.rst", category="TEB"
         ),
         report(
-            f"{RESULTS}/figures/teb_info_plane.png", caption="../report/teb_info_plane.rst", category="TEB"
+            f"{RESULTS}/figures/teb_beta_sweep.png", caption="../report/teb_beta_sweep.rst", category="TEB"
         ),
         report(f"{RESULTS}/figures/teb_switch.png", caption="../report/teb_switch.rst", category="TEB"),
     log:
@@ -211,6 +215,7 @@ rule teb_figures:
 rule teb_tables:
     input:
         f"{TEB_DIR}/evals.csv",
+        f"{TEB_DIR}/summary.csv",
         f"{TEB_DIR}/te_sweep.csv",
     output:
         TEB_TABLES,
@@ -230,6 +235,7 @@ rule teb_tables:
 rule teb_numbers:
     input:
         f"{TEB_DIR}/evals.csv",
+        f"{TEB_DIR}/summary.csv",
         f"{TEB_DIR}/te_sweep.csv",
         f"{TEB_DIR}/info_plane.csv",
     output:

@@ -12,7 +12,8 @@ source models add a source latent s (see ``TEBNet`` for how it reaches the decod
 * ``joint``         a target model whose input is the target history with the source concatenated
 
 The decoder predicts a Gaussian mean and log-variance per output element, so log-likelihoods and
-their differences are in nats. ``TEBNet.te_terms`` is the TE estimate on a model's own network.
+their differences are in nats. ``TEBNet.te_terms`` is the same-network decoder gap (a TE estimate on the AR task only; see
+repro.teb.evaluate), ``TEBNet.source_log_density`` the critic of the contrastive lower bound.
 """
 
 from __future__ import annotations
@@ -466,6 +467,34 @@ class TEBNet(nn.Module):
             # the model's predictive density p(y'|y,x), the mixture over e(z|x,c)
             "loglik": torch.logsumexp(ll_e, 0) - math.log(S),
         }
+
+    @torch.no_grad()
+    def source_log_density(self, y, xs, target) -> torch.Tensor:
+        """log d(y'|c, s(x_k)) for K candidate source windows per example, float64 [B, K].
+
+        The contrastive bound's critic: the decoder read at the posterior mean of s for each candidate
+        x_k (xs: [B, K, *x.shape[1:]]), the target history encoded once. Any critic gives a valid
+        bound; this one costs one decode per candidate.
+        """
+        B, K = xs.shape[:2]
+        flat_x = xs.reshape(B * K, *xs.shape[2:])
+
+        def rep(t):
+            return t.unsqueeze(1).expand(B, K, *t.shape[1:]).reshape(B * K, *t.shape[1:])
+
+        if self.variant == "target":
+            raise ValueError("the target-only model reads no source")
+        if self.variant == "joint":
+            enc = self.encode(rep(y), flat_x)
+            z = self.sample_z(enc, sample=False)
+        else:
+            h = self.enc_y(y)
+            c_mu = self.ctx(h)
+            cond = c_mu if self.frozen_context else self.cond(h)
+            mu_x, _ = self.post(torch.cat([self.enc_x(flat_x), rep(cond)], dim=-1)).chunk(2, dim=-1)
+            z = self.decoder_input(rep(c_mu), mu_x)
+        mean, logvar = self.decoder(z)
+        return gaussian_loglik(rep(target), mean, logvar).double().view(B, K)
 
     @torch.no_grad()
     def predictive(self, y, x, target, posterior_samples: int = 16, prior_samples: int = 256) -> dict[str, torch.Tensor]:

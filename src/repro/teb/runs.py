@@ -122,7 +122,7 @@ def train_settings(teb: dict, task: str, variant: str) -> dict:
 def eval_settings(teb: dict) -> dict:
     """teb_eval{task,seed}: the Monte Carlo sizes of the estimates (the models and data come as inputs)."""
     return {"eval_samples": teb["train"]["eval_samples"], "prior_samples": teb["train"]["prior_samples"],
-            "device": teb["device"], "threads": teb["threads"]}
+            "bound": teb["bound"], "device": teb["device"], "threads": teb["threads"]}
 
 
 def estimators_settings(teb: dict) -> dict:

@@ -215,7 +215,10 @@ def make_digits(spec: dict, seed: int) -> tuple[dict, dict]:
             "label": torch.tensor(lab[nxt], dtype=torch.long),
             "angle": torch.tensor(angles[:, l], dtype=torch.long),
         }
-    return splits, {"images": origin, "n_images": int(len(order)), "n_angles": n_angles, "n_classes": 10}
+    # The exact TE depends on each pool's label counts (exact.exact_te_digits).
+    counts = {s: np.bincount(labels[pools[s]], minlength=10).tolist() for s in SPLITS}
+    return splits, {"images": origin, "n_images": int(len(order)), "n_angles": n_angles, "n_classes": 10,
+                    "pool_label_counts": counts}
 
 
 # --------------------------------------------------------------------------------------------------
