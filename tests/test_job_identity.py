@@ -21,7 +21,7 @@ from repro.config import SCHEMA_PATH, load_config
 from repro.lm import forgetting
 from repro.lm.finetune import RunSpec, StaleStateError, train_run
 from repro.lm.runs import SWEEP_AXES, TIMING_ONLY
-from repro.teb.runs import train_settings
+from repro.teb.runs import task_names, task_runs, train_settings
 
 RUN = "results-test/lm/runs/tiny-llama/stdlib-instruct/rslora/r1/lr0.001/seed0"
 
@@ -263,12 +263,19 @@ def test_dry_runs_after_config_edits_plan_exactly_the_changed_jobs(finished_copy
     plan = edited(["finetune"], "max_steps", 16)
     assert plan["finetune"] == 4 and "prepare_data" not in plan and not any(k.startswith("teb") for k in plan)
 
-    # One more beta for one TEB task: that task's model at that beta, and that task's evaluation.
+    # One more beta for one TEB task: that task's model at that beta and that task's evaluation, per seed.
     sines_beta = [100, 10]
+    seeds = len(base["teb"]["seeds"])
     plan = edited(["teb", "tasks", "sines"], "betas", sines_beta)
     trained = {k: v for k, v in plan.items() if k.startswith("teb")}
-    assert trained == {"teb_train": 1, "teb_eval": 1, "teb_aggregate": 1, "teb_figures": 1, "teb_tables": 1,
-                       "teb_numbers": 1}, plan
+    assert trained == {"teb_train": seeds, "teb_eval": seeds, "teb_aggregate": 1, "teb_figures": 1,
+                       "teb_tables": 1, "teb_numbers": 1}, plan
+    # One more seed: that seed's target-only model, its source models and its evaluations, nothing else.
+    plan = edited(["teb"], "seeds", [*base["teb"]["seeds"], 7])
+    per_seed = {k: v for k, v in plan.items() if k in ("teb_target", "teb_train", "teb_eval")}
+    tasks = len(task_names(base["teb"]))
+    assert per_seed == {"teb_target": tasks, "teb_eval": tasks,
+                        "teb_train": sum(len(task_runs(base["teb"], t)) for t in task_names(base["teb"]))}, plan
     assert not any(k in plan for k in ("finetune", "evaluate", "compression_enumerate")), plan
 
     # A larger enumeration: only the new shapes (n = 5: d = 0..5) are enumerated.

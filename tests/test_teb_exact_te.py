@@ -19,7 +19,6 @@ from repro.config import section_defaults
 from repro.teb import exact as ex
 from repro.teb.runs import task_specs
 from repro.teb.tasks import (
-    BALL_COLOURS,
     PATCH_COLOURS,
     SINE_MULTIPLIERS,
     make_needle_split,
@@ -42,12 +41,6 @@ def cond_mi(joint: np.ndarray) -> float:
 
 def h2(p: float) -> float:
     return 0.0 if p in (0.0, 1.0) else -p * math.log(p) - (1 - p) * math.log(1 - p)
-
-
-def test_mirrored_constants_equal_the_generators():
-    assert ex.SINE_MULTIPLIERS == tuple(SINE_MULTIPLIERS)
-    assert np.array_equal(ex.NEEDLE_PALETTE, PATCH_COLOURS)
-    assert len(BALL_COLOURS) == len(ex.NEEDLE_PALETTE)
 
 
 # ---------------------------------------------------------------------------------------- digits

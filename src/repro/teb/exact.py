@@ -176,8 +176,8 @@ def gaussian_conditional(cov: np.ndarray, target: list[int], given: list[int]) -
 # announce -- is the ceiling of every TE estimate on the task. The functions below compute both exactly
 # (sines: the posterior exactly, its average over the source noise by Monte Carlo).
 
-# Mirrors of the generator's constants (tasks.py imports torch; this module must not). The tests
-# assert they equal tasks.SINE_MULTIPLIERS and tasks.PATCH_COLOURS.
+# The generator's constants, defined here because this module must not import torch (tasks.py does,
+# and takes them from here).
 SINE_MULTIPLIERS = (0.2, 0.4, 0.6, 0.8, 1.0)
 NEEDLE_PALETTE = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]])
 # Float32 storage moves a label by ~1e-7; the uniform noise's support is widened by this much so that

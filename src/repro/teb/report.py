@@ -324,7 +324,7 @@ def make_tables(teb_dir: Path, out_dir: Path) -> list[Path]:
                       "the generator; the conditional contrastive lower bound on it from each model's own "
                       "predictive density (sources drawn from $p(x\\mid$history$)$, at most $\\log K$); the KL "
                       "term (an upper bound on what the latent carries) beside the generator's ceiling "
-                      "$H(\\text{event}\\mid\\text{history})$; the authors' metric (log-likelihood gain over the "
+                      "$H(\\mathrm{event}\\mid\\mathrm{history})$; the authors' metric (log-likelihood gain over the "
                       "target-only model with their fixed-variance Gaussian or Bernoulli likelihood on the mean "
                       "prediction); and prediction quality on switch and non-switch events (accuracy for digits "
                       "and balls, MSE for sinusoids and AR).", "tab:teb-tasks")]

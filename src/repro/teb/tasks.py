@@ -20,7 +20,8 @@ import hashlib
 import numpy as np
 import torch
 
-from .exact import check_ar_params, exact_te, exact_te_inf
+from .exact import NEEDLE_PALETTE, check_ar_params, exact_te, exact_te_inf
+from .exact import SINE_MULTIPLIERS as _MULTIPLIERS
 
 SPLITS = ("train", "val", "test")
 # Seeds of the three splits are offset so the held-out data never reuses training noise.
@@ -89,7 +90,8 @@ def make_ar(spec: dict, seed: int) -> tuple[dict, dict]:
 # Multi-component sinusoids with a frequency switch
 
 
-SINE_MULTIPLIERS = np.array([0.2, 0.4, 0.6, 0.8, 1.0])
+# Defined beside the exact TE (torch-free), which must see the same values.
+SINE_MULTIPLIERS = np.array(_MULTIPLIERS)
 
 
 def make_sines_split(n: int, spec: dict, rng: np.random.Generator) -> dict:
@@ -224,10 +226,10 @@ def make_digits(spec: dict, seed: int) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------------------
 # Needle in a haystack: coloured bouncing balls with a colour switch
 
-BALL_COLOURS = (np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]]) * 2 + 1) / 3.0
+BALL_COLOURS = (NEEDLE_PALETTE * 2 + 1) / 3.0
 # The one-pixel source labels use the plain palette (channel levels 0 and 1), as in the authors' code;
 # only the balls are drawn in the whitened colours above.
-PATCH_COLOURS = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=float)
+PATCH_COLOURS = NEEDLE_PALETTE.astype(float)
 COLOUR_NAMES = ("white", "red", "green", "blue", "yellow", "magenta", "cyan")
 
 
