@@ -410,7 +410,7 @@ def test_deleted_fit_json(clean, tmp_path):
     victim.unlink()
     assert sm(ws, numbers, "--forcerun", "numbers").returncode != 0
     log = log_of(ws, "results-drills/logs/laws/numbers.log")
-    assert f"no JSON for ['{victim.name}']" in log and "delete results/laws/fits.csv and rerun" in log, log[-2000:]
+    assert f"no JSON for ['{victim.name}']" in log and "delete results-drills/laws/fits.csv and rerun" in log, log[-2000:]
     (ws / "results-drills/laws/fits.csv").unlink()
     ok(sm(ws, numbers))
     assert (ws / numbers).read_text() == reference
