@@ -395,3 +395,28 @@ def test_authors_likelihoods_are_theirs():
     want = [(0.2 * math.log(0.9) + 0.8 * math.log(0.1)
             + 0.5 * math.log(0.5) + 0.5 * math.log(0.5)), math.log(0.7) + math.log(0.8)]
     assert np.allclose(authors_loglik("needle", p, t), want)
+
+
+def test_batch_means_se_covers_serially_dependent_windows():
+    """Windows sliding along one AR series: the plain per-window SE understates the error of their mean;
+    batch means of consecutive windows do not. For independent windows both agree."""
+    from repro.teb.evaluate import batch_means_se
+
+    rng = np.random.default_rng(0)
+    n, reps, phi = 1000, 400, 0.8
+    means, plain, blocked = [], [], []
+    for _ in range(reps):
+        e = rng.normal(size=n + 200)
+        x = np.empty_like(e)
+        x[0] = e[0]
+        for t in range(1, len(e)):
+            x[t] = phi * x[t - 1] + e[t]
+        x = x[200:]
+        means.append(x.mean())
+        plain.append(x.std(ddof=1) / math.sqrt(n))
+        blocked.append(batch_means_se(x))
+    true_se = np.std(means)
+    assert np.mean(plain) < 0.5 * true_se  # the plain formula is off by sqrt((1 + phi) / (1 - phi)) = 3
+    assert abs(np.mean(blocked) / true_se - 1) < 0.2
+    iid = rng.normal(size=(reps, n))
+    assert abs(np.mean([batch_means_se(r) for r in iid]) / (1 / math.sqrt(n)) - 1) < 0.1
