@@ -156,3 +156,10 @@ def test_paper_report_and_bundle_from_the_test_preset(test_preset_run, tmp_path)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert (_pages(restored / "results-test/paper/main.pdf", restored / "paper/build-results-test")
             == _pages(pdf, build))
+
+
+def test_each_config_builds_its_paper_in_its_own_place():
+    from repro.paper.build import paper_locations
+
+    assert paper_locations("results") == ("paper/main.pdf", "build")
+    assert paper_locations("results-test") == ("results-test/paper/main.pdf", "build-results-test")

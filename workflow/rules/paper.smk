@@ -5,10 +5,9 @@
 import glob
 import os
 
-# The default config's paper stays at paper/main.pdf; another config's goes into its results folder,
-# built in its own LaTeX folder, so two configs' papers never share a build.
-PAPER_PDF = "paper/main.pdf" if RESULTS == "results" else f"{RESULTS}/paper/main.pdf"
-PAPER_BUILD_DIR = "build" if RESULTS == "results" else f"build-{RESULTS}"
+from repro.paper.build import paper_locations
+
+PAPER_PDF, PAPER_BUILD_DIR = paper_locations(RESULTS)
 PAPER_SETUP = f"{RESULTS}/paper/setup.tex"
 PROVENANCE = f"{RESULTS}/provenance.json"
 PROVENANCE_MACROS = f"{RESULTS}/paper/provenance_macros.tex"

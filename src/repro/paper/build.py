@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..config import DEFAULT_RESULTS
 from ..io import atomic_copy
 
 INSTALL_HINT = ("TeX is missing. On Debian/Ubuntu: sudo apt-get install -y --no-install-recommends "
@@ -28,6 +29,17 @@ PAGES = re.compile(r"Output written on .*?\((\d+) pages?")
 
 class PaperError(RuntimeError):
     pass
+
+
+def paper_locations(results: str) -> tuple[str, str]:
+    """(PDF path, latexmk build folder relative to paper/) of a config's paper.
+
+    The default config's paper stays at paper/main.pdf; another config's goes into its own results
+    folder and is built in its own LaTeX folder, so two configs' papers never share a build.
+    """
+    if results == DEFAULT_RESULTS:
+        return "paper/main.pdf", "build"
+    return f"{results}/paper/main.pdf", f"build-{results}"
 
 
 def check_tex() -> None:
