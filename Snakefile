@@ -90,6 +90,8 @@ onstart:
 ALL_TARGETS = []
 PAPER_INPUTS = {}
 REPORT_TABLES = {}
+# The tables the claims ledger reads, registered by each branch under a name (workflow/rules/claims.smk).
+CLAIMS_INPUTS = {}
 
 
 include: "workflow/rules/common.smk"
@@ -98,6 +100,7 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/laws.smk"
 include: "workflow/rules/compression.smk"
 include: "workflow/rules/teb.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/paper.smk"
 

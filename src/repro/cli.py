@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import ConfigError, load_config
 from .io import InputError, is_disk_full
 
-BRANCHES = ("laws", "report", "teb", "compression", "cluster", "provenance", "paper")
+BRANCHES = ("laws", "report", "teb", "compression", "claims", "cluster", "provenance", "paper")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,8 @@ ALL_TARGETS.extend([*COMP_TABLES, COMP_NUMBERS])
 REPORT_TABLES.update(
     {f: (f"compression_{Path(f).stem}", "Compression schemes") for f in COMP_TABLES if f.endswith(".csv")}
 )
+if COMP_SCHEMES:
+    CLAIMS_INPUTS.update(schemes=f"{COMP_DIR}/tables/schemes.csv", named=f"{COMP_DIR}/tables/named.csv")
 PAPER_INPUTS["compression"] = {
     "figures": [],
     "tables": [f for f in COMP_TABLES if f.endswith(".tex")],

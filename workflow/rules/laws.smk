@@ -37,6 +37,15 @@ REPORT_TABLES.update(
         f"{LAWS}/rank_stability_slopes.csv": ("rank_stability_slopes", "rsLoRA"),
     }
 )
+CLAIMS_INPUTS.update(
+    runs=f"{RESULTS}/lm/runs.csv",
+    steps=f"{RESULTS}/lm/steps.csv",
+    fits=f"{LAWS}/fits.csv",
+    matched=f"{LAWS}/early_stopping.csv",
+    slopes=f"{LAWS}/rank_stability_slopes.csv",
+    # each run's summary says what precision it trained in (autocast "auto" resolves per machine)
+    summaries=[f"{r}/summary.json" for r in all_runs()],
+)
 PAPER_INPUTS["laws"] = {
     "figures": [f for f in LM_FIGURES if f.endswith(".pdf")],
     "tables": LM_TABLES,

@@ -33,6 +33,8 @@ REPORT_TABLES.update(
         f"{TEB_DIR}/estimators.csv": ("teb_estimators", "TEB"),
     }
 )
+if TEB_TASKS:
+    CLAIMS_INPUTS.update(teb_summary=f"{TEB_DIR}/summary.csv", teb_evals=f"{TEB_DIR}/evals.csv")
 PAPER_INPUTS["teb"] = {
     "figures": [f for f in TEB_FIGURES if f.endswith(".pdf")],
     "tables": TEB_TABLES,
