@@ -25,7 +25,7 @@ import re
 import time
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..faults import kill_point
 from ..io import atomic_open, atomic_write_text
 from .runs import LOCAL_TASKS, select_steps
