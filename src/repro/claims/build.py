@@ -76,4 +76,7 @@ def build(results: Path, cfg: dict, compare: list[Path], resamples: int = 999) -
             other = read_table(path, CLAIMS_TABLE)
             precision = "; ".join(sorted(set(other.loc[other["study"].isin(["forgetting", "rsLoRA"]), "precision"])))
             others[f"{path} ({precision})"] = other.to_dict("records")
-    return pd.DataFrame(mark_robustness(rows, others), columns=list(COLUMNS))
+    table = pd.DataFrame(mark_robustness(rows, others), columns=list(COLUMNS))
+    # each claim's rows together (per method, per task), claims in the order the studies register them
+    order = {claim: i for i, claim in enumerate(dict.fromkeys(table["id"]))}
+    return table.sort_values("id", key=lambda ids: ids.map(order), kind="stable").reset_index(drop=True)
