@@ -28,12 +28,13 @@ def with_ci(value, ci) -> str:
 
 
 def tex_escape(s) -> str:
-    """Text safe inside LaTeX: the ten special characters escaped, backslash first."""
+    """Text safe inside LaTeX: the ten special characters escaped, backslash first, and the bar."""
     s = str(s).replace("\\", "\0")
     for a, b in (("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"),
                  ("}", r"\}"), ("^", r"\^{}"), ("~", r"\~{}")):
         s = s.replace(a, b)
-    return s.replace("\0", r"\textbackslash{}")
+    # not special, but the default font encoding prints a bar as an em dash
+    return s.replace("|", r"\textbar{}").replace("\0", r"\textbackslash{}")
 
 
 def to_latex(df: pd.DataFrame, path: Path, caption: str, label: str, escape: bool = False,
