@@ -293,3 +293,14 @@ def test_float32_preset_differs_from_the_default_only_where_it_says():
     # config.yaml compares against this preset's ledger; the preset compares against nothing
     assert "results-float32" in default.pop("claims")["compare"]
     assert fp32 == default
+
+
+def test_common_line_is_not_identified_when_within_run_errors_persist_like_shifts():
+    # a random walk within each run (seed 0: its AR(1) estimate is at the bound, as 4 of 5 seeds are)
+    d = _trajectories()
+    rng = np.random.default_rng(10)
+    walk = {r: np.cumsum(0.02 * rng.standard_normal(8)) for r in d["rank"].unique()}
+    d["loss_forget"] += [0.0 if s == 0 else walk[r][i % 8] for i, (r, s) in enumerate(zip(d["rank"], d["step"]))]
+    pairs = [(c, m) for c, m in forgetting.linear_law(d, "lora", resamples=199) if c.id == "forgetting-one-line"]
+    (claim, m), = pairs
+    assert verdict(claim, m) == NOT_IDENTIFIED and "persistent" in m.note

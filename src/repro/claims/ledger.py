@@ -53,12 +53,15 @@ class Measurement:
     seeds_per_setting: int | None = None
     note: str = ""
     tested: bool = True
+    identified: bool = True  # False: the measure exists but this run's data cannot separate the claim from its rival
 
 
 def verdict(claim: Claim, m: Measurement) -> str:
     if not m.tested or claim.passes is None:
         return NOT_TESTED
     if m.seeds_per_setting is not None and m.seeds_per_setting < claim.needs_seeds:
+        return NOT_IDENTIFIED
+    if not m.identified:
         return NOT_IDENTIFIED
     if math.isnan(m.value):
         return NOT_TESTED

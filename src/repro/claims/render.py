@@ -58,7 +58,12 @@ def markdown(claims: pd.DataFrame) -> str:
         return str(s).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| study | claim | measure | value [95% CI] | criterion | verdict |", "|---|---|---|---|---|---|"]
+    previous = None
     for r in claims.to_dict("records"):
-        lines.append(f"| {cell(r['study'])} | {cell(r['claim'])} | {cell(r['measure'])} | {cell(value_text(r))} | "
-                     f"{cell(r['criterion'])} | **{cell(r['verdict'])}** |")
+        # a claim's sentence and criterion once, above its measures (per method, per task)
+        first = r["id"] != previous
+        previous = r["id"]
+        claim, criterion = (cell(r["claim"]), cell(r["criterion"])) if first else ("″", "″")
+        lines.append(f"| {cell(r['study']) if first else ''} | {claim} | {cell(r['measure'])} | {cell(value_text(r))} | "
+                     f"{criterion} | **{cell(r['verdict'])}** |")
     return "\n".join(lines) + "\n"
