@@ -304,3 +304,14 @@ def test_common_line_is_not_identified_when_within_run_errors_persist_like_shift
     pairs = [(c, m) for c, m in forgetting.linear_law(d, "lora", resamples=199) if c.id == "forgetting-one-line"]
     (claim, m), = pairs
     assert verdict(claim, m) == NOT_IDENTIFIED and "persistent" in m.note
+
+
+def test_markdown_shows_robustness_only_when_a_ledger_was_compared():
+    from repro.claims.render import markdown
+
+    claim = Claim("x", "rsLoRA", "c", "src", "inside", within(-1, 1))
+    rows = [row(claim, Measurement("m", 0.0, -0.5, 0.5), "bf16"), row(claim, Measurement("k", 0.0, -0.5, 0.5), "bf16")]
+    plain = markdown(pd.DataFrame(rows))
+    assert "robust" not in plain and plain.count("| c |") == 1  # the sentence once for both measures
+    marked = markdown(pd.DataFrame(mark_robustness(rows, {"fp32": [row(claim, Measurement("m", 0.0, -0.5, 1.5), "float32")]})))
+    assert "robust across precision" in marked and "no (fp32: not reproduced)" in marked

@@ -57,7 +57,9 @@ def markdown(claims: pd.DataFrame) -> str:
     def cell(s) -> str:
         return str(s).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| study | claim | measure | value [95% CI] | criterion | verdict |", "|---|---|---|---|---|---|"]
+    compared = bool((claims["robust"] != "not compared").any())
+    lines = ["| study | claim | measure | value [95% CI] | criterion | verdict |" + (" robust across precision |" if compared else ""),
+             "|---|---|---|---|---|---|" + ("---|" if compared else "")]
     previous = None
     for r in claims.to_dict("records"):
         # a claim's sentence and criterion once, above its measures (per method, per task)
@@ -65,5 +67,5 @@ def markdown(claims: pd.DataFrame) -> str:
         previous = r["id"]
         claim, criterion = (cell(r["claim"]), cell(r["criterion"])) if first else ("″", "″")
         lines.append(f"| {cell(r['study']) if first else ''} | {claim} | {cell(r['measure'])} | {cell(value_text(r))} | "
-                     f"{criterion} | **{cell(r['verdict'])}** |")
+                     f"{criterion} | **{cell(r['verdict'])}** |" + (f" {cell(r['robust'])} |" if compared else ""))
     return "\n".join(lines) + "\n"
