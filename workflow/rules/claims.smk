@@ -4,7 +4,9 @@
 CLAIMS_CSV = f"{RESULTS}/claims.csv"
 CLAIMS_TABLES = [f"{RESULTS}/tables/claims.tex", f"{RESULTS}/tables/claims.md"]
 # Ledgers of the same claims at another precision, compared when they exist (claims.compare).
-CLAIMS_COMPARE = [f"{other}/claims.csv" for other in config["claims"]["compare"] if Path(f"{other}/claims.csv").exists()]
+CLAIMS_COMPARE = [
+    f"{other}/claims.csv" for other in config["claims"]["compare"] if Path(f"{other}/claims.csv").exists()
+]
 
 ALL_TARGETS.extend([CLAIMS_CSV, *CLAIMS_TABLES])
 REPORT_TABLES[CLAIMS_CSV] = ("claims", "Claims at a glance")
@@ -25,7 +27,7 @@ rule claims:
         **resources_for("light"),
     params:
         config=RESOLVED_CONFIG,
-        results=RESULTS,
+        results=folder("output", 0),
         compare=lambda wc, input: " ".join(input.compare),
         # what the verdicts read besides the tables: the resamples and each TEB task's default beta
         identity=identity({"claims": config["claims"], "teb_tasks": config["teb"]["tasks"]}),
