@@ -315,3 +315,16 @@ def test_markdown_shows_robustness_only_when_a_ledger_was_compared():
     assert "robust" not in plain and plain.count("| c |") == 1  # the sentence once for both measures
     marked = markdown(pd.DataFrame(mark_robustness(rows, {"fp32": [row(claim, Measurement("m", 0.0, -0.5, 1.5), "float32")]})))
     assert "robust across precision" in marked and "no (fp32: not reproduced)" in marked
+
+
+def test_float32_preset_plans_its_ledger_without_the_teb_branch(tmp_path):
+    from workflow_helpers import make_workspace, snakemake
+
+    ws = make_workspace(tmp_path / "ws")
+    proc = snakemake(ws, "-n", "--cores", "2", "--configfile", "presets/float32.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["claims"] == 1 and counts["finetune"] == 8
+    # every TEB task disabled: nothing of the branch is planned (it used to plan an aggregate of nothing)
+    assert not [rule for rule in counts if rule.startswith("teb_")], counts
