@@ -254,6 +254,9 @@ def test_a_verdict_that_flips_at_another_precision_is_marked_not_robust():
     untested = [row(claim, Measurement("m", tested=False), "float32")]
     assert mark_robustness([row(claim, Measurement("m", 0.0, -0.5, 0.5), "bf16")],
                            {"other": untested})[0]["robust"] == "not compared"
+    same_precision = [row(claim, Measurement("m", 0.0, -0.5, 1.5), "bf16")]
+    assert mark_robustness([row(claim, Measurement("m", 0.0, -0.5, 0.5), "bf16")],
+                           {"other": same_precision})[0]["robust"] == "not compared"
 
 
 # ------------------------------------------------------------------------------- the real DAG

@@ -108,13 +108,15 @@ def value_at_least(bound: float) -> Callable[[float, float, float], bool]:
 
 def mark_robustness(rows: list[dict], others: dict[str, list[dict]]) -> list[dict]:
     """``robust`` per row against ledgers of the same claims run at other precisions: ``yes`` when every
-    compared verdict agrees, ``no (<precision>: <verdict>)`` when one flips."""
+    compared verdict agrees, ``no (<ledger>: <verdict>)`` when one flips, ``not compared`` when no ledger ran
+    the row at another precision."""
     for r in rows:
         flips, compared = [], 0
         for precision, other in others.items():
             match = [o for o in other if o["id"] == r["id"] and o["measure"] == r["measure"]]
-            # a ledger that did not run a study (e.g. the float32 preset skips TEB) has nothing to compare
-            if not match or NOT_TESTED in (match[0]["verdict"], r["verdict"]):
+            # a ledger that did not run a study (the float32 preset skips TEB), or ran it at the same precision
+            # (compression is exact, TEB float32 in both), has no precision to compare it at
+            if not match or NOT_TESTED in (match[0]["verdict"], r["verdict"]) or match[0]["precision"] == r["precision"]:
                 continue
             compared += 1
             if match[0]["verdict"] != r["verdict"]:
