@@ -232,7 +232,8 @@ def finished_copy(test_preset_run, tmp_path_factory) -> tuple[Path, dict]:
     return ws, load_config(ws / "presets/test.yaml")
 
 
-LM_EVERYWHERE = ("aggregate", "fit_laws", "figures", "tables", "numbers", "report_tables", "track_runs", "all")
+LM_EVERYWHERE = ("aggregate", "fit_laws", "figures", "tables", "numbers", "report_tables", "track_runs", "claims",
+                 "claims_tables", "all")
 
 
 def test_dry_runs_after_config_edits_plan_exactly_the_changed_jobs(finished_copy):

@@ -624,10 +624,10 @@ def test_compression_tables_written_and_counts_match_brute_force(compression_run
 def test_compression_latex_cells_are_escaped(compression_run):
     tables = compression_run / "tables"
     head, _ = tex_table(tables / "counts.tex")
-    assert r"|C| = Phi\_d(n)" in head and r"dual \#M(n,n-d-1)" in head
+    assert r"\textbar{}C\textbar{} = Phi\_d(n)" in head and r"dual \#M(n,n-d-1)" in head
     assert r"\caption{Number of maximum classes \#M(n, d)" in (tables / "counts_matrix.tex").read_text()
     head, _ = tex_table(tables / "compactness.tex")
-    assert r"greedy dead ends at |X\_j|" in head and r"X\_1 < ... < X\_n" in (tables / "compactness.tex").read_text()
+    assert r"greedy dead ends at \textbar{}X\_j\textbar{}" in head and r"X\_1 < ... < X\_n" in (tables / "compactness.tex").read_text()
     for tex in tables.glob("*.tex"):
         body = "\n".join(line for line in tex.read_text().splitlines() if not line.startswith("\\label"))
         assert not re.search(r"(?<!\\)[#_%&]", body.replace(" & ", " ")), tex

@@ -19,11 +19,14 @@ from repro.lm.aggregate import REQUIRED_COLUMNS
 def _check_latex_fragment(text: str) -> None:
     """Compile with pdflatex when a TeX engine is present; otherwise check the structure parses."""
     assert text.count("{") == text.count("}") and "\\toprule" in text and "\\bottomrule" in text
-    for env in ("table", "tabular"):
+    # the claims table is a longtable (it breaks across pages); every other table one float around a tabular
+    for env in ("longtable",) if "\\begin{longtable}" in text else ("table", "tabular"):
         assert text.count(f"\\begin{{{env}}}") == text.count(f"\\end{{{env}}}") == 1
     if shutil.which("pdflatex"):
         with tempfile.TemporaryDirectory() as d:
-            doc = "\\documentclass{article}\\usepackage{booktabs}\\begin{document}" + text + "\\end{document}"
+            preamble = ("\\documentclass{article}\\usepackage{booktabs,array,longtable,xcolor}"
+                        "\\providecommand{\\condref}[2]{#2}")  # \condref: the paper's macros (repro-macros.tex)
+            doc = preamble + "\\begin{document}" + text + "\\end{document}"
             Path(d, "t.tex").write_text(doc)
             proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=d,
                                   capture_output=True, text=True, timeout=120)
