@@ -51,7 +51,7 @@ def measure_all(results: Path, cfg: dict, resamples: int) -> list[dict]:
         pairs = _absent((*forgetting.CLAIMS, *rslora.CLAIMS), f"{runs_csv} absent")
     rows += [row(c, m, precision) for c, m in pairs]
     summary_csv = results / "teb" / "summary.csv"
-    if summary_csv.exists() and cfg.get("teb", {}).get("enabled", True):
+    if summary_csv.exists():
         summary, evals = teb.load(results)
         pairs = teb.measure(summary, evals, cfg["teb"])
     else:
