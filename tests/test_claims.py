@@ -92,7 +92,9 @@ def test_gradient_norms_are_averaged_over_the_steps_every_run_logged():
     steps = _steps({"lora": -0.5}, ranks=(1, 4), noise=0.0)
     # rank 4 logged 10 more steps with huge norms: a mean over all its steps would move the slope
     extra = steps[steps["rank"] == 4].assign(step=lambda d: d["step"] + 100, grad_norm=1e3)
-    matched = rslora.matched_grad_norms(pd.concat([steps, extra]))
+    from repro.laws.gradnorm import gradient_norm_at_matched_steps
+
+    matched = gradient_norm_at_matched_steps(pd.concat([steps, extra]))
     assert matched.set_index("rank")["grad_norm_mean"].to_dict() == pytest.approx({1: 1.0, 4: 0.5})
     assert (matched["matched_steps"] == 20).all()
 

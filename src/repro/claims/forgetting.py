@@ -70,17 +70,6 @@ ERODE_CLAIMS = {
 CLAIMS = (LINEAR, COMMON_LINE, CURVATURE, POWER_P, POWER_N, EARLY_STOP, FEWER_PARAMS, *ERODE_CLAIMS.values())
 
 
-def _clusters(df: pd.DataFrame) -> np.ndarray:
-    labels = df[RUN].astype(str).agg("/".join, axis=1).to_numpy(object)
-    labels[df["step"].to_numpy() == 0] = "base"
-    return labels
-
-
-def _one_step0(df: pd.DataFrame) -> pd.DataFrame:
-    # every run starts from the same base model: its step-0 row enters once
-    return pd.concat([df[df["step"] == 0].head(1), df[df["step"] > 0]], ignore_index=True)
-
-
 def _scale(d: pd.DataFrame, method: str) -> str:
     n_runs = d[RUN].drop_duplicates().shape[0]
     return (f"{d['model'].iloc[0]}, {method}, {n_runs} runs, ranks {', '.join(map(str, sorted(d['rank'].unique())))}, "
@@ -88,10 +77,11 @@ def _scale(d: pd.DataFrame, method: str) -> str:
 
 
 def linear_law(d: pd.DataFrame, method: str, resamples: int) -> list[tuple[Claim, Measurement]]:
+    from ..laws.fits import one_step0, run_clusters
     from ..laws.inference import common_line_test, curvature, wild_cluster_bootstrap
 
-    data = _one_step0(d).dropna(subset=["loss_ft", "loss_forget"])
-    clusters = _clusters(data)
+    data = one_step0(d).dropna(subset=["loss_ft", "loss_forget"])
+    clusters = run_clusters(data)
     scale = _scale(d, method)
     out = []
     try:

@@ -47,19 +47,6 @@ DERIVATION = Claim(
 CLAIMS = (GRAD_COLLAPSE, GRAD_STABLE, LORA_STALLS, RSLORA_LEARNS, DERIVATION)
 
 
-def matched_grad_norms(steps: pd.DataFrame) -> pd.DataFrame:
-    """Per run: the mean adapter gradient norm over the steps that every run of its method logged."""
-    keys = ["model", "dataset", "method", "rank", "lr", "seed"]
-    out = []
-    for _, g in steps.groupby(["model", "dataset", "method"]):
-        runs = g.groupby(keys)
-        common = set.intersection(*(set(r["step"]) for _, r in runs))
-        m = g[g["step"].isin(common)].groupby(keys, as_index=False).agg(grad_norm_mean=("grad_norm", "mean"),
-                                                                       matched_steps=("step", "nunique"))
-        out.append(m)
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
-
-
 def final_losses(runs: pd.DataFrame) -> pd.DataFrame:
     keys = ["model", "dataset", "method", "rank", "lr", "seed"]
     last = runs.sort_values("step").groupby(keys, as_index=False).tail(1)
@@ -73,7 +60,9 @@ def _scale(d: pd.DataFrame, method: str, what: str) -> str:
 
 
 def measure(steps: pd.DataFrame, runs: pd.DataFrame, slopes: pd.DataFrame | None) -> list[tuple[Claim, Measurement]]:
-    grads = matched_grad_norms(steps)
+    from ..laws.gradnorm import gradient_norm_at_matched_steps
+
+    grads = gradient_norm_at_matched_steps(steps)
     finals = final_losses(runs)
     out = []
     for claim, method in ((GRAD_COLLAPSE, "lora"), (GRAD_STABLE, "rslora")):

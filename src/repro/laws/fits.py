@@ -47,7 +47,7 @@ __all__ = ["FAMILIES", "fit_all", "fit_linear_law", "fit_power_law", "bootstrap_
 
 
 # --------------------------------------------------------------------------------------- linear law
-def _run_labels(df: pd.DataFrame) -> np.ndarray:
+def run_clusters(df: pd.DataFrame) -> np.ndarray:
     """One cluster per run; the shared step-0 base model is a cluster of its own."""
     labels = df[RUN].astype(str).agg("/".join, axis=1).to_numpy(object)
     labels[df["step"].to_numpy() == 0] = "base"
@@ -60,14 +60,14 @@ def fit_linear_law(df: pd.DataFrame, x: str = "loss_ft", y: str = "loss_forget",
     import statsmodels.api as sm
     from scipy import stats
 
-    data = _dedupe_step0(df).dropna(subset=[x, y]).reset_index(drop=True)
+    data = one_step0(df).dropna(subset=[x, y]).reset_index(drop=True)
     out = {"family": "linear", "target": y, "n": int(len(data)), "k": 2, "formula": f"{y} = a - b * {x}",
            "fit_loss": "ols", "se_kind": LINEAR_SE_KIND}
     if len(data) < 3:
         return {**out, "status": f"insufficient points: {len(data)} < 3"}
     if np.ptp(data[x].to_numpy()) == 0 or np.ptp(data[y].to_numpy()) == 0:
         return {**out, "status": f"degenerate: {x if np.ptp(data[x]) == 0 else y} is constant"}
-    clusters = _run_labels(data)
+    clusters = run_clusters(data)
     groups = pd.factorize(clusters)[0]
     n_clusters = int(groups.max() + 1)
     if n_clusters < 3:
@@ -131,7 +131,7 @@ def _bootstrap_linear(data, x, y, clusters, resamples, seed) -> dict:
     return {"ci95": percentile_intervals(np.array(draws), ["a", "b"]), "ok": len(draws)}
 
 
-def _dedupe_step0(df: pd.DataFrame) -> pd.DataFrame:
+def one_step0(df: pd.DataFrame) -> pd.DataFrame:
     # Every run starts from the same base model: keep one step-0 row, not one per run.
     step0 = df[df["step"] == 0].head(1)
     return pd.concat([step0, df[df["step"] > 0]], ignore_index=True)

@@ -14,6 +14,20 @@ def gradient_norm_by_rank(steps: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"mean": "grad_norm_mean", "first": "grad_norm_first", "last": "grad_norm_last"})
 
 
+def gradient_norm_at_matched_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the mean adapter gradient norm over the steps every run of its method logged (a run with more
+    steps would otherwise average over a later, smaller-gradient phase the others never reached)."""
+    keys = [*KEYS, "rank", "lr", "seed"]
+    out = []
+    for _, g in steps.groupby(KEYS):
+        runs = g.groupby(keys)
+        common = set.intersection(*(set(r["step"]) for _, r in runs))
+        m = g[g["step"].isin(common)].groupby(keys, as_index=False).agg(grad_norm_mean=("grad_norm", "mean"),
+                                                                       matched_steps=("step", "nunique"))
+        out.append(m)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def gradient_norm_spread(by_rank: pd.DataFrame) -> pd.DataFrame:
     """Per method: max/min across ranks of the mean gradient norm (1 = no dependence on rank).
 
