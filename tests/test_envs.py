@@ -118,10 +118,11 @@ def rule_commands() -> dict[str, tuple[str, tuple[str, ...]]]:
         text = smk.read_text()
         for block in re.split(r"\n(?=\s*rule \w+:)", text):
             m = re.match(r"\s*rule (\w+):", block)
-            env = re.search(r'conda:\s*\n\s*"\.\./\.\./(envs/[\w.-]+\.yaml)"', block)
+            env = re.search(r'conda:\s*\n\s*(?:"\.\./\.\./(envs/[\w.-]+\.yaml)"|(LM_CONDA_ENV))', block)
             shell = re.search(r'shell:\s*\n\s*"repro ((?:[a-z][a-z-]* ?)+)', block)
             if m and env and shell:
-                out[m.group(1)] = (env.group(1), tuple(shell.group(1).split()))
+                # LM_CONDA_ENV (lm.smk) is envs/lm.yaml on CPU configs; envs/lm-cuda.yaml adds to it.
+                out[m.group(1)] = (env.group(1) or "envs/lm.yaml", tuple(shell.group(1).split()))
     return out
 
 

@@ -1,15 +1,23 @@
-"""The dependency lock (``requirements-lock.txt``) and the conda environments derived from it.
+"""The dependency locks (``requirements-lock.txt``, ``requirements-cuda-lock.txt``) and the conda
+environments derived from them.
 
 ``make lock`` compiles ``pyproject.toml`` (core and test dependencies) into one exact lock with
 hashes for CPython on Linux x86_64, then runs ``python -m repro.envs write``: each ``envs/<name>.yaml``
 lists the Python packages its rules import and everything they need, every one at the lock's exact
 version, so ``make setup`` and ``snakemake --use-conda`` install the same versions.
 
-    python -m repro.envs write        # regenerate envs/*.yaml from the lock
-    python -m repro.envs check        # lock <-> pyproject <-> envs agree (exit 1 and the reasons if not)
+The CUDA lock adds the ``cuda`` extra and takes torch's CUDA build from PyPI; every package the CPU
+lock also lists is constrained to the CPU lock's version (``constraints``), so a result computed on
+either route used the same libraries. A venv records its route in ``<venv>/.device`` (make setup
+DEVICE=cuda), and ``extraneous``, ``pin`` and ``reinstall`` read the lock of that route.
+
+    python -m repro.envs write        # regenerate envs/*.yaml from the locks
+    python -m repro.envs check        # locks <-> pyproject <-> envs agree (exit 1 and the reasons if not)
     python -m repro.envs extraneous   # installed distributions the lock does not list (make setup removes them)
     python -m repro.envs pin NAME     # NAME's line of the lock with its hashes (make setup installs uv so)
     python -m repro.envs uv-sources   # pip's configured package sources as uv options (make setup)
+    python -m repro.envs constraints  # the CPU lock's versions as uv constraints (make lock, CUDA lock)
+    python -m repro.envs reinstall    # uv options reinstalling another build of a locked release (make setup)
 
 `make setup` runs `pin` and `uv-sources` before anything is installed in the venv, so this module
 imports only the standard library at the top; `packaging` is imported where a requirement or a version
@@ -32,12 +40,20 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_NAME = "requirements-lock.txt"
+CUDA_LOCK_NAME = "requirements-cuda-lock.txt"
+# The lock each `make setup DEVICE=...` route installs.
+LOCKS = {"cpu": LOCK_NAME, "cuda": CUDA_LOCK_NAME}
+# Written into the venv by make setup: the route it was built for, so a later plain `make setup` keeps it
+# (and does not strip the CUDA build's packages, which the CPU lock does not list).
+DEVICE_FILE = ".device"
 LOCK_PYTHON = "3.11"
 # PyPI's Linux wheel of torch is the CUDA build (several GB of nvidia-* wheels); the lock pins the CPU
 # build, which the PyTorch index serves.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Installed with the interpreter or by `make setup` itself, never part of the comparison.
 BOOTSTRAP = {"pip", "setuptools", "wheel", "repro"}
+# pyproject.toml's extras in each lock; the cuda extra needs triton and a CUDA device, so only its lock has it.
+LOCK_EXTRAS = {"cpu": ("test",), "cuda": ("test", "cuda")}
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,7 @@ class EnvSpec:
     what: str                       # completes "Conda environment of ..."
     packages: tuple[str, ...]       # distributions the env's rules import; their dependencies follow from the lock
     conda: tuple[str, ...] = ()     # conda-forge packages besides python and pip
+    use: str = "snakemake --use-conda"  # how it is installed, for the header
 
 
 # What each rule family imports (the `conda:` directive of every rule names one of these files).
@@ -72,6 +89,14 @@ ENVS: dict[str, EnvSpec] = {
 }
 
 
+# Environments generated from the CUDA lock: the language-model rules name lm-cuda on a cuda config
+# (LM_CONDA_ENV in workflow/rules/lm.smk); the fused kernels of finetune.fused_cross_entropy need liger-kernel.
+CUDA_ENVS: dict[str, EnvSpec] = {
+    "lm-cuda": EnvSpec("the language-model rules on a CUDA GPU: CUDA torch, liger-kernel, triton",
+                       (*ENVS["lm"].packages, "liger-kernel"), use="snakemake --use-conda on a cuda config"),
+}
+
+
 @dataclass
 class Pin:
     name: str                       # canonical name
@@ -90,8 +115,28 @@ class LockError(ValueError):
     """The lock is missing, malformed, or disagrees with pyproject.toml or the envs."""
 
 
-def lock_path(root: Path | None = None) -> Path:
-    return Path(root or ROOT) / LOCK_NAME
+def lock_path(root: Path | None = None, device: str = "cpu") -> Path:
+    if device not in LOCKS:
+        raise LockError(f"device {device!r}: no lock for it (one of {', '.join(LOCKS)})")
+    return Path(root or ROOT) / LOCKS[device]
+
+
+def venv_device(prefix: Path | str | None = None) -> str:
+    """The route the venv at ``prefix`` (default: the running one) was set up for; cpu when unrecorded,
+    as for every venv built before the CUDA route existed."""
+    marker = Path(sys.prefix if prefix is None else prefix) / DEVICE_FILE
+    try:
+        device = marker.read_text().strip()
+    except OSError:
+        return "cpu"
+    if device not in LOCKS:
+        raise LockError(f"{marker}: unknown route {device!r} (one of {', '.join(LOCKS)}; make setup DEVICE=cpu)")
+    return device
+
+
+def venv_lock(root: Path | None = None, prefix: Path | str | None = None) -> Path:
+    """The lock that the venv at ``prefix`` was installed from: what it must hold, nothing more."""
+    return lock_path(root, venv_device(prefix))
 
 
 def sha256(path: Path) -> str:
@@ -149,7 +194,9 @@ def read_lock(path: Path | None = None) -> dict[str, Pin]:
 def _add_via(pin: Pin, item: str) -> None:
     if not item:
         return
-    if item.startswith(("repro ", "repro[", "-r ", "-c ")) or item in ("repro", "pyproject.toml"):
+    if item.startswith("-c "):  # a constraint limits a version; it requires nothing
+        return
+    if item.startswith(("repro ", "repro[", "-r ")) or item in ("repro", "pyproject.toml"):
         pin.direct = True
         return
     pin.via.append(canonicalize_name(re.split(r"[\s\[]", item, maxsplit=1)[0]))
@@ -183,11 +230,12 @@ def closure(pins: dict[str, Pin], names) -> list[str]:
     return sorted(wanted)
 
 
-def render_env(name: str, spec: EnvSpec, pins: dict[str, Pin], python: str = LOCK_PYTHON) -> str:
+def render_env(name: str, spec: EnvSpec, pins: dict[str, Pin], python: str = LOCK_PYTHON,
+               lock_name: str = LOCK_NAME) -> str:
     names = closure(pins, spec.packages)
     lines = [
-        f"# Conda environment of {spec.what} (snakemake --use-conda).",
-        f"# Generated from {LOCK_NAME} by `python -m repro.envs write` (make lock): every Python package at",
+        f"# Conda environment of {spec.what} ({spec.use}).",
+        f"# Generated from {lock_name} by `python -m repro.envs write` (make lock): every Python package at",
         "# the lock's exact version. Do not edit by hand.",
         f"name: repro-{name}",
         "channels: [conda-forge]",
@@ -203,13 +251,14 @@ def render_env(name: str, spec: EnvSpec, pins: dict[str, Pin], python: str = LOC
     return "\n".join(lines) + "\n"
 
 
-def write_envs(env_dir: Path, pins: dict[str, Pin], python: str = LOCK_PYTHON) -> list[Path]:
+def write_envs(env_dir: Path, pins: dict[str, Pin], python: str = LOCK_PYTHON,
+               envs: dict[str, EnvSpec] | None = None, lock_name: str = LOCK_NAME) -> list[Path]:
     env_dir = Path(env_dir)
     env_dir.mkdir(parents=True, exist_ok=True)
     out = []
-    for name, spec in ENVS.items():
+    for name, spec in (ENVS if envs is None else envs).items():
         path = env_dir / f"{name}.yaml"
-        text = render_env(name, spec, pins, python)
+        text = render_env(name, spec, pins, python, lock_name)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
         out.append(path)
@@ -236,43 +285,75 @@ def env_pins(env_file: Path) -> dict[str, str]:
     return out
 
 
+def public_version(version: str) -> str:
+    """``version`` without its local build tag (``2.13.0+cpu`` -> ``2.13.0``): the release both locks share."""
+    return version.partition("+")[0]
+
+
+def constraints(pins: dict[str, Pin]) -> str:
+    """The lock's versions as a uv constraints file: ``name==version`` without local tags, so torch's CPU
+    pin admits PyPI's CUDA build of the same release and every other package keeps its exact version."""
+    return "".join(f"{pin.name}=={public_version(pin.version)}\n" for pin in sorted(pins.values(), key=lambda p: p.name))
+
+
 def check(root: Path | None = None) -> list[str]:
-    """Every disagreement between pyproject.toml, the lock and envs/*.yaml (empty when they agree)."""
+    """Every disagreement between pyproject.toml, the locks and envs/*.yaml (empty when they agree)."""
+    root = Path(root or ROOT)
+    pins = read_lock(lock_path(root))
+    problems = _check_lock(root, "cpu", pins, ENVS)
+    try:
+        cuda = read_lock(lock_path(root, "cuda"))
+    except LockError as exc:
+        return problems + [str(exc)]
+    problems += _check_lock(root, "cuda", cuda, CUDA_ENVS)
+    for pin in cuda.values():
+        if "+" in pin.version:
+            problems.append(f"{CUDA_LOCK_NAME}: {pin.name}=={pin.version} is a local build, not PyPI's (run make lock)")
+        other = pins.get(pin.name)
+        if other is not None and public_version(other.version) != public_version(pin.version):
+            problems.append(f"{CUDA_LOCK_NAME}: {pin.name}=={pin.version} but {LOCK_NAME} pins {other.version}: "
+                            "the routes would compute with different libraries (run make lock)")
+    return problems
+
+
+def _check_lock(root: Path, device: str, pins: dict[str, Pin], envs: dict[str, EnvSpec]) -> list[str]:
     from packaging.version import Version
 
-    root = Path(root or ROOT)
+    lock_name = LOCKS[device]
+    # The CPU lock's messages predate the CUDA lock and say "the lock".
+    the_lock = "the lock" if device == "cpu" else lock_name
     problems = []
-    pins = read_lock(lock_path(root))
     for pin in pins.values():
         if not pin.hashes:
-            problems.append(f"{LOCK_NAME}: {pin.name}=={pin.version} has no hash")
+            problems.append(f"{lock_name}: {pin.name}=={pin.version} has no hash")
     env = {"python_version": LOCK_PYTHON, "python_full_version": f"{LOCK_PYTHON}.0", "sys_platform": "linux",
            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
-    for req in pyproject_requirements(root / "pyproject.toml"):
-        if req.marker is not None and not req.marker.evaluate({**env, "extra": "test"}):
+    extras = LOCK_EXTRAS[device]
+    for req in pyproject_requirements(root / "pyproject.toml", extras):
+        if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e}) for e in extras):
             continue
         pin = pins.get(canonicalize_name(req.name))
         if pin is None:
-            problems.append(f"pyproject.toml requires {req} but the lock has no {req.name} (run make lock)")
+            problems.append(f"pyproject.toml requires {req} but {the_lock} has no {req.name} (run make lock)")
         elif not req.specifier.contains(Version(pin.version), prereleases=True):
-            problems.append(f"pyproject.toml requires {req} but the lock pins {pin.name}=={pin.version} (run make lock)")
+            problems.append(f"pyproject.toml requires {req} but {the_lock} pins {pin.name}=={pin.version} (run make lock)")
         elif not pin.direct:
-            problems.append(f"{LOCK_NAME}: {pin.name} is a pyproject.toml requirement but not annotated as one "
+            problems.append(f"{lock_name}: {pin.name} is a pyproject.toml requirement but not annotated as one "
                             "(the lock was not compiled from this pyproject.toml; run make lock)")
-    for name, spec in ENVS.items():
+    for name, spec in envs.items():
         path = root / "envs" / f"{name}.yaml"
         if not path.is_file():
             problems.append(f"envs/{name}.yaml: missing (python -m repro.envs write)")
             continue
         for pkg, version in env_pins(path).items():
             if pkg not in pins:
-                problems.append(f"envs/{name}.yaml: {pkg} is not in the lock")
+                problems.append(f"envs/{name}.yaml: {pkg} is not in {the_lock}")
             elif pins[pkg].version != version:
-                problems.append(f"envs/{name}.yaml: {pkg}=={version} but the lock pins {pins[pkg].version}")
+                problems.append(f"envs/{name}.yaml: {pkg}=={version} but {the_lock} pins {pins[pkg].version}")
         try:
-            if path.read_text() != render_env(name, spec, pins):
-                problems.append(f"envs/{name}.yaml: differs from what the lock generates (python -m repro.envs write)")
+            if path.read_text() != render_env(name, spec, pins, lock_name=lock_name):
+                problems.append(f"envs/{name}.yaml: differs from what {the_lock} generates (python -m repro.envs write)")
         except LockError as exc:
             problems.append(f"envs/{name}.yaml: {exc}")
     return problems
@@ -351,15 +432,38 @@ def uv_options(sources: dict[str, list[str]]) -> list[str]:
     return args + ["--index-strategy", "unsafe-best-match"]
 
 
+def extraneous(pins: dict[str, Pin], installed: dict[str, str] | None = None) -> list[str]:
+    """Installed distributions that ``pins`` (the lock of the venv's route) does not list: make setup
+    removes them, so on the CUDA route this must be computed from the CUDA lock."""
+    return compare_installed(pins, installed)["extraneous"]
+
+
+def other_builds(pins: dict[str, Pin], installed: dict[str, str] | None = None) -> list[str]:
+    """Installed packages of the locked release but another build (``2.13.0+cpu`` for a lock's ``2.13.0``).
+
+    A local tag satisfies ``==2.13.0``, so uv keeps the CPU build of torch where the CUDA lock pins
+    PyPI's; make setup names these for reinstalling when a venv changes route."""
+    installed = installed_versions() if installed is None else installed
+    return sorted(n for n, have in installed.items()
+                  if n in pins and have != pins[n].version and public_version(have) == public_version(pins[n].version))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.envs", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["write", "check", "extraneous", "pin", "uv-sources"])
+    parser.add_argument("action", choices=["write", "check", "extraneous", "pin", "uv-sources", "constraints",
+                                           "reinstall"])
     parser.add_argument("name", nargs="?", help="the package `pin` prints")
-    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (lock, pyproject.toml, envs/)")
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (locks, pyproject.toml, envs/)")
+    parser.add_argument("--device", choices=sorted(LOCKS),
+                        help="the route whose lock `extraneous`, `pin` and `reinstall` read (default: the one this "
+                             f"interpreter's venv records in {DEVICE_FILE}, else cpu)")
     args = parser.parse_args(argv)
     try:
         if args.action == "write":
             for path in write_envs(args.root / "envs", read_lock(lock_path(args.root))):
+                print(path)
+            for path in write_envs(args.root / "envs", read_lock(lock_path(args.root, "cuda")), envs=CUDA_ENVS,
+                                   lock_name=CUDA_LOCK_NAME):
                 print(path)
             return 0
         if args.action == "check":
@@ -367,19 +471,26 @@ def main(argv: list[str] | None = None) -> int:
             for p in problems:
                 print(p, file=sys.stderr)
             if not problems:
-                print(f"{LOCK_NAME}, pyproject.toml and envs/*.yaml agree")
+                print(f"{LOCK_NAME}, {CUDA_LOCK_NAME}, pyproject.toml and envs/*.yaml agree")
             return 1 if problems else 0
-        if args.action == "pin":
-            if not args.name:
-                parser.error("pin needs the package's name")
-            sys.stdout.write(pin_requirement(read_lock(lock_path(args.root)), args.name))
+        if args.action == "constraints":
+            sys.stdout.write(constraints(read_lock(lock_path(args.root))))
             return 0
         if args.action == "uv-sources":
             listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True,
                                      text=True, check=True).stdout
             print(" ".join(uv_options(pip_sources(listing))))
             return 0
-        print("\n".join(compare_installed(read_lock(lock_path(args.root)))["extraneous"]))
+        lock = lock_path(args.root, args.device or venv_device())
+        if args.action == "pin":
+            if not args.name:
+                parser.error("pin needs the package's name")
+            sys.stdout.write(pin_requirement(read_lock(lock), args.name))
+            return 0
+        if args.action == "reinstall":
+            print(" ".join(f"--reinstall-package {n}" for n in other_builds(read_lock(lock))))
+            return 0
+        print("\n".join(extraneous(read_lock(lock))))
         return 0
     except LockError as exc:
         print(f"repro.envs: {exc}", file=sys.stderr)

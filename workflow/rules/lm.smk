@@ -11,6 +11,9 @@ from repro.lm.runs import (
 )
 
 RUN_DIR = run_dir_pattern(RESULTS)
+# --use-conda: the jobs that hold the model get the CUDA build of torch (and liger-kernel) on a cuda
+# config, the CPU build otherwise; both envs are written from their locks by `make lock`.
+LM_CONDA_ENV = "../../envs/lm-cuda.yaml" if config["device"] == "cuda" else "../../envs/lm.yaml"
 
 ALL_TARGETS.append(f"{RESULTS}/lm/runs.csv")
 
@@ -22,7 +25,7 @@ rule download_model:
         f"{LOGS}/download_model/{{model}}.log",
     priority: 100  # the language-model chain is the critical path: it starts first, short jobs fill the gaps
     conda:
-        "../../envs/lm.yaml"
+        LM_CONDA_ENV
     resources:
         **resources_for("download_model"),
     params:
@@ -44,7 +47,7 @@ rule prepare_data:
         f"{LOGS}/prepare_data/{{model}}.log",
     priority: 100
     conda:
-        "../../envs/lm.yaml"
+        LM_CONDA_ENV
     threads: config["finetune"]["threads"]
     resources:
         **resources_for("prepare_data"),
@@ -69,7 +72,7 @@ rule finetune:
         f"{LOGS}/finetune/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
     conda:
-        "../../envs/lm.yaml"
+        LM_CONDA_ENV
     threads: config["finetune"]["threads"]
     resources:
         **resources_for("finetune"),
@@ -97,7 +100,7 @@ rule evaluate:
         f"{LOGS}/evaluate/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
     conda:
-        "../../envs/lm.yaml"
+        LM_CONDA_ENV
     threads: config["finetune"]["threads"]
     resources:
         **resources_for("evaluate"),
@@ -132,7 +135,7 @@ rule evaluate_tasks_base:
         f"{LOGS}/evaluate_tasks/{{model}}/base.log",
     priority: 100
     conda:
-        "../../envs/lm.yaml"
+        LM_CONDA_ENV
     threads: config["finetune"]["threads"]
     resources:
         **resources_for("evaluate_tasks"),
@@ -156,7 +159,7 @@ rule evaluate_tasks:
         f"{LOGS}/evaluate_tasks/{{model}}/{{dataset}}/{{method}}_r{{rank}}_lr{{lr}}_seed{{seed}}.log",
     priority: 100
     conda:
-        "../../envs/lm.yaml"
+        LM_CONDA_ENV
     threads: config["finetune"]["threads"]
     resources:
         **resources_for("evaluate_tasks"),

@@ -126,10 +126,13 @@ def _package_root() -> Path:
 def lock_info(cwd: Path) -> dict | None:
     """The dependency lock beside the workflow (else beside the package's checkout): its SHA-256, and
     whether the running environment holds exactly its versions. None without a lock."""
-    from ..envs import LOCK_NAME, LockError, compare_installed, read_lock, sha256
+    from ..envs import LockError, compare_installed, read_lock, sha256, venv_lock
 
     for root in (Path(cwd), _package_root().parents[1]):
-        path = root / LOCK_NAME
+        try:
+            path = venv_lock(root)  # the CPU or the CUDA lock, whichever this venv was installed from
+        except LockError as exc:
+            return {"path": str(root), "error": str(exc)}
         if not path.is_file():
             continue
         info = {"path": str(path), "sha256": sha256(path)}
