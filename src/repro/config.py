@@ -192,6 +192,11 @@ def _branch_errors(cfg: dict) -> list[str]:
             check_evals_plan(cfg)
         except ConfigError as exc:
             errors.append(str(exc))
+    # A fine-tuning job too large for every GPU it may ask for would fail at its first optimizer step,
+    # after queueing, and the profile's retries grow only host memory and time.
+    from .cluster.memory import gpu_fit_errors
+
+    errors += gpu_fit_errors(cfg)
     return errors
 
 

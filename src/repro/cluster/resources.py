@@ -11,6 +11,10 @@ Partition and account come from the environment, never from the repository:
   REPRO_SLURM_GPU_PARTITION  partition of GPU jobs (unset: REPRO_SLURM_PARTITION, then the default)
   REPRO_SLURM_ACCOUNT        account charged (unset: the executor guesses or submits without one)
   REPRO_SLURM_GPU_MODEL      GPU type requested with the GPUs, e.g. h100 (unset: any)
+
+A fine-tuning job whose estimated GPU memory (`repro.cluster.memory`) exceeds the GPU that
+REPRO_SLURM_GPU_MODEL names (unset: the first of the config's `cluster.gpus`) asks for the first GPU of
+`cluster.gpus` that holds it instead (`gpu_model`, e.g. h200); every other job keeps the site's choice.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from .memory import gpu_model_request, job_memory
 from .shapes import ModelShape, model_shape
 from .throughput import lm_seconds
 
@@ -39,6 +44,21 @@ def _host_mem_mb(shape: ModelShape, dtype: str, source: str) -> int:
     # goes through float32.
     bytes_per = 4 if source == "pypi-gguf" else BYTES.get(dtype, 4)
     return max(MIN_MEM_MB, int(2 * shape.parameters * bytes_per / 2**20) + 1500)
+
+
+def _finetune_host_mem_mb(cfg: dict, rank: int) -> int:
+    """Host memory a fine-tuning job needs beyond loading the model: the host copy of the adapter
+    state dict that every checkpoint and resume save makes (20.5 GB at r = 2048 on Llama-2-7B's seven
+    modules). Loading and saving happen at different times, yet they are added rather than overlapped:
+    the job's cgroup is also charged the page cache of the files it reads and writes (the weights at
+    load, each checkpoint as it is written), and dirty pages cannot be dropped before they reach the
+    disk. On a CPU the training state itself (adapters, gradients, AdamW, activations) lives in host
+    memory too."""
+    estimate = job_memory(cfg, rank)
+    extra = estimate.host_checkpoint
+    if cfg["device"] != "cuda":
+        extra += estimate.total_gpu - estimate.base_weights - estimate.cuda_context
+    return int(math.ceil(extra / 2**20))
 
 
 def _slurm_placement(gpu: bool) -> dict:
@@ -104,9 +124,19 @@ def _first_attempt(family: str, cfg: dict, device_name: str | None = None) -> di
                 lm_seconds(family, cfg, int(wildcards.get("rank", 1)), device_name))
         else:
             res["runtime"] = _runtime_minutes(lm_seconds(family, cfg, 1, device_name))
+        if family == "finetune":
+            loading_mb = res["mem_mb"]
+            res["mem_mb"] = lambda wildcards: loading_mb + _finetune_host_mem_mb(cfg, int(wildcards.get("rank", 1)))
         if on_gpu:
             res["gpu"] = 1
-        return {**res, **_slurm_placement(on_gpu)}
+        res = {**res, **_slurm_placement(on_gpu)}
+        if on_gpu and family == "finetune":
+            site_model = os.environ.get("REPRO_SLURM_GPU_MODEL") or None
+            # Only where some rank outgrows the site's GPU does the request become a function of the
+            # rank; otherwise it stays exactly what the environment asked for.
+            if any(gpu_model_request(cfg, rank, site_model) != site_model for rank in cfg["finetune"]["ranks"]):
+                res["gpu_model"] = lambda wildcards: gpu_model_request(cfg, int(wildcards.get("rank", 1)), site_model)
+        return res
     if family == "teb":
         teb = cfg.get("teb", {})
         on_gpu = teb.get("device", "cpu") == "cuda"

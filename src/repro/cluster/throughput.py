@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .memory import GB, gpu_for_job, job_memory
 from .shapes import KNOWN_SHAPES, ModelShape, lm_work, model_shape
 
 TABLE = Path(__file__).with_name("throughput.csv")
@@ -211,8 +212,16 @@ def lm_seconds(family: str, cfg: dict, rank: int, gpu: str | None = None, table:
     raise ValueError(f"lm_seconds: no cost model for {family!r}")
 
 
-def forecast(cfg: dict, gpu: str | None = None, table: list[dict] | None = None) -> list[dict]:
-    """Device-hours and job counts of the LM jobs of a config, one row per rule family and rank."""
+def forecast(cfg: dict, gpu: str | None = None, table: list[dict] | None = None,
+             site_gpu_model: str | None = None) -> list[dict]:
+    """Device-hours and job counts of the LM jobs of a config, one row per rule family and rank.
+
+    Fine-tuning rows of a cuda config also carry the job's estimated peak GPU memory
+    (``gpu_memory_gb``, see ``repro.cluster.memory``) and the GPU it runs on (``gpu``: the site's,
+    ``site_gpu_model`` as REPRO_SLURM_GPU_MODEL gives it, where it holds the job, else the first of
+    ``cluster.gpus`` that does); other rows leave both None. Hours stay those of the throughput's device:
+    a job sent to a larger GPU (an H200 for an H100) runs at least as fast there.
+    """
     ft = cfg["finetune"]
     runs_per_rank = len(ft["datasets"]) * len(ft["methods"]) * len(ft["learning_rates"]) * len(ft["seeds"])
     device = device_key(cfg, gpu)
@@ -224,11 +233,17 @@ def forecast(cfg: dict, gpu: str | None = None, table: list[dict] | None = None)
             phase = "train" if family == "finetune" else "eval"
             r = rate(cfg, phase, rank, gpu, table)
             seconds = lm_seconds(family, cfg, rank, gpu, table)
+            memory = {"gpu_memory_gb": None, "gpu": None}
+            if family == "finetune" and cfg["device"] == "cuda":
+                estimate = job_memory(cfg, rank)
+                memory = {"gpu_memory_gb": estimate.total_gpu / GB,
+                          "gpu": gpu_for_job(cfg, rank, site_gpu_model, estimate)}
             rows.append({"family": family, "rank": rank, "jobs": runs_per_rank, "device": device,
                          "tokens_per_s": r.tokens_per_s, "hours_per_job": seconds / 3600,
-                         "device_hours": runs_per_rank * seconds / 3600, "throughput": r.source})
+                         "device_hours": runs_per_rank * seconds / 3600, "throughput": r.source, **memory})
     seconds = lm_seconds("prepare_data", cfg, 1, gpu, table)
     r = rate(cfg, "eval", 1, gpu, table)
     rows.append({"family": "prepare_data", "rank": None, "jobs": 1, "device": device, "tokens_per_s": r.tokens_per_s,
-                 "hours_per_job": seconds / 3600, "device_hours": seconds / 3600, "throughput": r.source})
+                 "hours_per_job": seconds / 3600, "device_hours": seconds / 3600, "throughput": r.source,
+                 "gpu_memory_gb": None, "gpu": None})
     return rows
