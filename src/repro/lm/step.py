@@ -19,10 +19,49 @@ defaults, a CPU step computes exactly what the plain padded step computes.
   each adapter's input to fp32 is switched off so the adapters compute in bf16 too.
 - Bookkeeping: loss and gradient norms of every step stay on the device in a small buffer and come
   to the host together (``StepRunner.flush``), with CUDA events timing each step.
+- Attention mask: the step hands the decoder its (rows, 1, width, width) mask, built on the device
+  from the 2-D padding mask or the packed position ids (``dense_attention_mask``). transformers
+  returns a 4-D mask as it is, so it never inspects the mask's values on the host (below), and the
+  decoder layers always receive a tensor, never None for a batch that happens to have no padding.
+- Compilation (``compile``): each decoder layer is compiled with dynamic shapes, and all layers share
+  one code object and so one dynamo cache, whose recompile limit (8) they share too: past it, dynamo
+  would silently run the layers eagerly. ``compile_decoder_layers`` removes every cause of a second
+  graph the pipeline's batches used to trigger, so one graph serves every length bucket:
+
+  * layer 0's input did not require grad while the others' did (the LoRA adapters make them), a
+    guard on ``requires_grad``: the input embeddings' output is made to require grad
+    (``enable_input_require_grads``). Adapter gradients are unchanged; the backward computes layer
+    0's input gradient too (its query/key/value projections' input gradients: about 0.5% of the
+    backward's matmuls for SmolLM2-135M's 30 layers);
+  * duck sizing gave input dims of equal size one symbol, so a width equal to the head size (64,
+    the last dim of the rotary cos/sin) specialised the graph to that width: off while the decoder
+    runs (``torch.fx.experimental._config.use_duck_shape``);
+  * transformers passed None instead of a mask to batches without padding (now always the 4-D mask);
+  * dynamo specialises a size-1 dim: a packed batch of several examples is laid out in at least two
+    rows (``layout_batch(min_rows=2)``: the same tokens, split between two rows), so the batch dim is
+    1 only in runs of one example per batch, where every batch has one row.
+
+  While the decoder runs, ``torch._dynamo.config.fail_on_recompile_limit_hit`` turns the silent
+  fallback into an error, which ``StepRunner.run`` re-raises as ``RecompileLimitError`` naming each
+  recompilation's reason; ``CompileWatch`` counts graphs and recompilations over any block of steps.
+
+Host syncs (where the host waits for the device inside a step). Removed: transformers' sdpa mask
+creation asks whether a 2-D mask has any padding (``fast_all(mask)``, a ``bool`` of a device tensor)
+and, for packed rows, whether the position ids restart anywhere (``(...).all()``); both are skipped
+since the step passes the 4-D mask. The loss takes its supervised indices and count from the host.
+Remaining, with liger's fused cross-entropy (liger-kernel 0.8; its API takes no counts from the
+caller): its forward counts the non-ignored targets with ``target_mask.sum().item()``, and its
+backward compares the incoming gradient with 1.0 (``torch.equal`` against ``torch.tensor(1.0,
+device=...)``, a copy to the device and a read back). So the host waits for the forward to finish
+before it can queue the backward; the plain cross-entropy path has neither. Other attention
+implementations (flash_attention_*, flex_attention) keep transformers' own mask handling and its
+syncs. A CPU cannot show CUDA syncs: on a GPU, ``torch.cuda.set_sync_debug_mode("warn")`` warns at
+each one (benchmarks/gpu_smoke.py counts them per step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -97,15 +136,36 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(r) for r in rows]
 
 
+def split_rows(rows: list[list[int]], lengths: list[int], min_rows: int) -> list[list[int]]:
+    """Split the longest rows of several examples in two (where the halves' tokens are most even)
+    until there are ``min_rows`` rows or no row has two examples; the order of rows and of the
+    examples in each is kept."""
+    rows = [list(r) for r in rows]
+    while len(rows) < min_rows:
+        candidates = [k for k, r in enumerate(rows) if len(r) > 1]
+        if not candidates:
+            break
+        k = max(candidates, key=lambda k: (sum(lengths[i] for i in rows[k]), -k))
+        row = rows[k]
+        total, prefix, cut, best = sum(lengths[i] for i in row), 0, 1, None
+        for j in range(1, len(row)):
+            prefix += lengths[row[j - 1]]
+            if best is None or abs(2 * prefix - total) < best:
+                cut, best = j, abs(2 * prefix - total)
+        rows[k : k + 1] = [row[:cut], row[cut:]]
+    return rows
+
+
 def layout_batch(examples: list[Example], pad_id: int, packing: bool = False, pad_to_multiple: int = 1,
-                 row_capacity: int | None = None) -> Batch:
+                 row_capacity: int | None = None, min_rows: int = 1) -> Batch:
     """Host tensors of one batch, padded (one example per row) or packed (rows of at most
-    ``row_capacity`` tokens, default the longest example)."""
+    ``row_capacity`` tokens, default the longest example; with ``min_rows``, rows are split until
+    there are that many, as far as the examples allow)."""
     import torch
 
     lengths = [len(e.input_ids) for e in examples]
     if packing:
-        rows = pack_rows(lengths, max(row_capacity or 0, max(lengths)))
+        rows = split_rows(pack_rows(lengths, max(row_capacity or 0, max(lengths))), lengths, min_rows)
     else:
         rows = [[i] for i in range(len(examples))]
     width = max(sum(lengths[i] for i in r) for r in rows)
@@ -261,14 +321,191 @@ def prepare_model(model, options: StepOptions) -> None:
         compile_decoder_layers(model, options.compile_backend)
 
 
-def compile_decoder_layers(model, backend: str = "inductor") -> int:
+# Dynamo settings in force while a compiled decoder runs (read at each forward, when dynamo traces
+# a layer or decides to recompile one). Duck sizing would give a width equal to another input dim
+# (the head size) one symbol and specialise the graph to it; past the recompile limit dynamo would
+# run the layers eagerly without a word.
+FX_SETTINGS = {"use_duck_shape": False}
+DYNAMO_SETTINGS = {"fail_on_recompile_limit_hit": True}
+
+
+@contextlib.contextmanager
+def compile_settings(recompile_limit: int | None = None):
+    """``FX_SETTINGS`` and ``DYNAMO_SETTINGS`` (and ``recompile_limit``, dynamo's default 8 if None)
+    for the duration of the block."""
+    import torch._dynamo.config as dynamo_config
+    import torch.fx.experimental._config as fx_config
+
+    dynamo = dict(DYNAMO_SETTINGS)
+    if recompile_limit is not None:
+        dynamo["recompile_limit"] = recompile_limit
+    with fx_config.patch(**FX_SETTINGS), dynamo_config.patch(**dynamo):
+        yield
+
+
+def compile_decoder_layers(model, backend: str = "inductor", recompile_limit: int | None = None) -> int:
     """torch.compile each decoder layer (regional compilation): the layers share one compiled graph,
-    so compiling costs about one layer's worth of tracing, not the whole model's."""
+    so compiling costs about one layer's worth of tracing, not the whole model's.
+
+    One graph also serves every batch shape the step produces (see the module docstring): the input
+    embeddings' output requires grad so that every layer's input does, and the decoder runs under
+    ``compile_settings`` (hooks around its forward: once per step, where patching the config around
+    each layer would cost ~70 us a layer)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = base.get_decoder().layers
+    base.enable_input_require_grads()
+    decoder = base.get_decoder()
+    layers = decoder.layers
     for layer in layers:
         layer.compile(dynamic=True, backend=backend)
+    active: list = []
+
+    def enter(module, args):
+        settings = compile_settings(recompile_limit)
+        settings.__enter__()
+        active.append(settings)
+
+    def leave(module, args, output):
+        if active:  # not entered if an earlier pre-hook raised
+            active.pop().__exit__(None, None, None)
+
+    decoder.register_forward_pre_hook(enter)
+    decoder.register_forward_hook(leave, always_call=True)
     return len(layers)
+
+
+# Attention implementations whose 4-D mask the step builds itself (sdpa: boolean, True = attend;
+# eager: additive). Others (flash attention's varlen kernels, flex attention) take transformers' path.
+DENSE_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def dense_attention_mask(input_ids, attention_mask=None, position_ids=None, implementation: str = "sdpa",
+                         dtype=None):
+    """The (rows, 1, width, width) mask of a padded (``attention_mask``) or packed (``position_ids``
+    restarting at each example) batch: causal, within each example, never onto padding as a key;
+    built on the device without reading any value back to the host.
+
+    transformers returns a 4-D mask unchanged, so this skips its host-side checks of the 2-D mask and
+    gives every batch a mask, padded or not. Padding queries attend to the keys before them, as in
+    transformers' own mask, so no row is empty (an empty row would give sdpa NaNs)."""
+    import torch
+
+    rows, width = input_ids.shape
+    device = input_ids.device
+    allowed = torch.ones(width, width, dtype=torch.bool, device=device).tril()[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, None, :]
+    elif position_ids is not None:
+        # An example starts wherever the position does not follow the previous one.
+        starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+        example = starts.cumsum(-1)
+        allowed = allowed & (example[:, None, :, None] == example[:, None, None, :])
+    else:
+        allowed = allowed.expand(rows, 1, width, width)
+    if implementation == "eager":
+        dtype = dtype or torch.float32
+        blocked = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=device)
+        return blocked.masked_fill(allowed, 0.0)
+    return allowed
+
+
+def attention_implementation(model) -> str | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Watching dynamo
+
+
+class RecompileLimitError(RuntimeError):
+    """Dynamo reached its recompile limit for the compiled decoder layers."""
+
+
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled in this process (``counters["stats"]["unique_graphs"]``)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class CompileWatch:
+    """What dynamo compiled while the block ran (or since it was entered, read while open):
+
+    - ``graphs``: graphs compiled (``torch._dynamo.utils.counters["stats"]["unique_graphs"]``);
+    - ``frames``: compilations started (``counters["frames"]``), ``failed`` of them (the recompile
+      limit among others: without ``fail_on_recompile_limit_hit``, dynamo then runs the code eagerly);
+    - ``graph_breaks``;
+    - from dynamo's compilation records (it keeps the last 64): ``recompiles``, ``compiles_per_code``
+      ({"name (file:line)": compilations}; all decoder layers share one code) and ``reasons`` (the
+      first failed guard of each recompilation);
+    - ``failed_guards``: every guard that failed when dynamo looked for a graph to reuse, one per
+      cached graph tried."""
+
+    def __init__(self):
+        self._start = None
+        self._end = None
+
+    @staticmethod
+    def _snapshot() -> dict:
+        from torch._dynamo.utils import counters, get_compilation_metrics, guard_failures
+
+        return {"graphs": counters["stats"]["unique_graphs"], "frames": counters["frames"]["total"],
+                "ok": counters["frames"]["ok"], "graph_breaks": sum(counters["graph_break"].values()),
+                "records": get_compilation_metrics(),
+                "guards": {code: list(failures) for code, failures in guard_failures.items()}}
+
+    def __enter__(self) -> CompileWatch:
+        self._start, self._end = self._snapshot(), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._end = self._snapshot()
+
+    def summary(self) -> dict:
+        if self._start is None:
+            raise RuntimeError("CompileWatch: not entered")
+        start, end = self._start, self._end or self._snapshot()
+        seen = {id(r) for r in start["records"]}  # start holds them, so their ids stay unique
+        records = [r for r in end["records"] if id(r) not in seen]
+        per_code: dict[str, int] = {}
+        for r in records:
+            if r.co_name:  # dynamo's frame compilations, not a refused one
+                key = f"{r.co_name} ({r.co_filename}:{r.co_firstlineno})"
+                per_code[key] = per_code.get(key, 0) + 1
+        failed_guards = []
+        for code, failures in end["guards"].items():
+            failed_guards += failures[len(start["guards"].get(code, [])):]
+        frames = end["frames"] - start["frames"]
+        return {"graphs": end["graphs"] - start["graphs"], "frames": frames,
+                "failed": frames - (end["ok"] - start["ok"]),
+                "graph_breaks": end["graph_breaks"] - start["graph_breaks"],
+                "recompiles": sum(1 for r in records if r.recompile_reason), "compiles_per_code": per_code,
+                "reasons": [f"{r.co_name or '?'} [{r.compile_id}]: {r.recompile_reason}" for r in records
+                            if r.recompile_reason],
+                "failed_guards": failed_guards}
+
+    graphs = property(lambda self: self.summary()["graphs"])
+    frames = property(lambda self: self.summary()["frames"])
+    failed = property(lambda self: self.summary()["failed"])
+    graph_breaks = property(lambda self: self.summary()["graph_breaks"])
+    recompiles = property(lambda self: self.summary()["recompiles"])
+    compiles_per_code = property(lambda self: self.summary()["compiles_per_code"])
+    reasons = property(lambda self: self.summary()["reasons"])
+    failed_guards = property(lambda self: self.summary()["failed_guards"])
+
+    def describe(self) -> str:
+        s = self.summary()
+        lines = [f"dynamo compiled {s['graphs']} graph(s) in {s['frames']} compilation(s), {s['failed']} "
+                 f"failed, {s['recompiles']} recompilation(s)"]
+        lines += [f"  recompiled {reason}" for reason in s["reasons"]]
+        return "\n".join(lines)
+
+    def check(self, max_recompiles: int = 0) -> None:
+        """Raise ``RecompileLimitError`` naming each recompilation's reason if there were more than
+        ``max_recompiles``, or any failed compilation."""
+        s = self.summary()
+        if s["recompiles"] > max_recompiles or s["failed"]:
+            raise RecompileLimitError(self.describe())
 
 
 def make_optimizer(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, device: str = "cpu",
@@ -338,9 +575,29 @@ class StepRunner:
         self.cross_entropy, self.cross_entropy_name = select_cross_entropy(self.device, options.fused_cross_entropy)
         self.cuda = self.device.startswith("cuda")
         self._pending: list[tuple[int, object, object]] = []  # (step, metrics tensor, timing)
+        self.attention = attention_implementation(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._mask_dtype = getattr(base, "dtype", None)
+        # Compilations from here on: named in the error if the recompile limit is reached.
+        self.compile_watch = CompileWatch().__enter__() if options.compile else None
 
     def layout(self, examples: list[Example], pad_id: int) -> Batch:
-        return layout_batch(examples, pad_id, self.options.packing, self.options.pad_to_multiple, self.row_capacity)
+        """The batch's layout; compiled packed batches of several examples take at least two rows, so
+        the compiled layers never see a batch dim of 1 beside batches of more rows."""
+        return layout_batch(examples, pad_id, self.options.packing, self.options.pad_to_multiple, self.row_capacity,
+                            min_rows=2 if self.options.compile else 1)
+
+    def attention_inputs(self, batch: Batch) -> tuple[object, object]:
+        """(attention_mask, position_ids) the decoder gets for the batch: the dense 4-D mask where the
+        attention implementation takes one (``dense_attention_mask``), else the batch's own."""
+        # Only where it pays: a compiled step needs one mask argument for one graph, a CUDA step saves
+        # transformers' host-side mask checks. An eager CPU step keeps transformers' own mask path, so
+        # its results stay bit for bit those of the runs already published.
+        if self.attention not in DENSE_MASK_IMPLEMENTATIONS or not (self.options.compile or self.cuda):
+            return batch.attention_mask, batch.position_ids
+        mask = dense_attention_mask(batch.input_ids, batch.attention_mask, batch.position_ids, self.attention,
+                                    self._mask_dtype)
+        return mask, batch.position_ids
 
     def run(self, batch: Batch, step: int = 0, update: bool = True) -> None:
         """Forward, backward and (if update) an optimizer step; nothing waits for the device."""
@@ -352,11 +609,21 @@ class StepRunner:
             start.record()
         else:
             t0 = time.perf_counter()
-        with autocast_context(self.device, self.options.autocast):
-            loss, _ = self.loss_fn(self.model, batch.input_ids, batch.attention_mask, batch.labels,
-                                   fast=self.options.fast_loss, position_ids=batch.position_ids,
-                                   supervised=(batch.sup_index, batch.sup_targets, batch.n_supervised),
-                                   cross_entropy=self.cross_entropy)
+        attention_mask, position_ids = self.attention_inputs(batch)
+        try:
+            with autocast_context(self.device, self.options.autocast):
+                loss, _ = self.loss_fn(self.model, batch.input_ids, attention_mask, batch.labels,
+                                       fast=self.options.fast_loss, position_ids=position_ids,
+                                       supervised=(batch.sup_index, batch.sup_targets, batch.n_supervised),
+                                       cross_entropy=self.cross_entropy)
+        except Exception as exc:
+            from torch._dynamo.exc import FailOnRecompileLimitHit
+
+            if isinstance(exc, FailOnRecompileLimitHit) and self.compile_watch is not None:
+                raise RecompileLimitError(
+                    f"step {step}: the compiled decoder layers reached dynamo's recompile limit (batch of "
+                    f"{tuple(batch.input_ids.shape)}); {self.compile_watch.describe()}") from exc
+            raise
         loss.backward()
         grads = [p.grad.detach() for p in self.params]
         # One multi-tensor kernel on CUDA instead of one launch per adapter matrix.
