@@ -36,8 +36,8 @@ batch_size and max_length (--train-batch-size, --train-max-length):
     python benchmarks/lm_speed.py --device cuda --model llama2-7b --train-batch-size 4 \
         --train-max-length 1024 --gradient-checkpointing --skip-eval --record
 
-(the plain loop runs beside repro's step on a second copy of the model without gradient
-checkpointing, so the batch is the largest both fit; the paper preset's step checkpoints gradients.)
+(on cuda the plain loop is measured after repro's step has released its model, so only one 7B copy
+is ever resident; --baseline none skips it.)
 
 Weights are random with the real architecture (speed does not depend on their values):
 
@@ -261,104 +261,143 @@ def repro_options(args) -> StepOptions:
                        gradient_checkpointing=args.gradient_checkpointing, compile=args.repro_compile)
 
 
+def _peak_memory_gb(dev: str) -> float:
+    if dev == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def _release(dev: str) -> None:
+    import gc
+
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+
+
 def bench_train(args, dtype, dtype_name: str, rank: int) -> dict:
+    """repro's step against the plain loop. ``args.baseline``: ``alternate`` builds both models and
+    alternates them round by round (fair on a busy CPU); ``sequential`` measures repro's step, frees its
+    model, then builds the plain one (one model resident: a 7B pair would not fit beside its adapters
+    and optimizer state); ``none`` measures repro's step alone (what --record needs)."""
     s = SHAPES[args.model]
     dev, pad = args.device, 0
-    bare = build_model(args.model, dev, dtype)
-    # repro's step gets its own copy: its options (compiled layers, adapter input casting) change the
-    # model they run on, and the plain loop must run on an untouched one.
-    repro_model = build_adapter_model(copy.deepcopy(bare), "rslora", rank, 16, 0.0, TARGETS)
-    model = build_adapter_model(bare, "rslora", rank, 16, 0.0, TARGETS)
-    model.train()
-    repro_model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    options = repro_options(args)
-    prepare_model(repro_model, options)
-    params = [p for p in repro_model.parameters() if p.requires_grad]
-    runner = StepRunner(repro_model, make_optimizer(params, 1e-5, device=dev, fused=options.fused_optimizer), params,
-                        options, dev, row_capacity=args.train_max_length)
-
-    def repro_round(batches):
-        for b in batches:
-            runner.run(runner.layout(b, pad))
-        runner.flush()  # the round's one wait on the device, part of the measured cost
-
-    def plain_round(step):
-        return lambda batches: [step(b) for b in batches]
-
     n_per_round = args.train_steps * args.train_batch_size
     examples = synthetic_examples(n_per_round * args.rounds, args.train_max_length, s.vocab_size, seed=3)
-    variants = {
-        "plain": (False, plain_round(lambda b: plain_step(model, opt, b, pad, dev))),
-        "repro": (True, repro_round),
-    }
-    if options.autocast:
-        # The same bf16 matmuls in the plain loop (peft's default input cast kept): how much of the
-        # ratio is the step's own and how much is bf16 compute.
-        def plain_autocast_step(b):
-            with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16):
-                plain_step(model, opt, b, pad, dev)
+    pools = [examples[rnd * n_per_round : (rnd + 1) * n_per_round] for rnd in range(args.rounds)]
+    supervised = sum(e.n_supervised for pool in pools for e in pool)
+    inputs = sum(len(e.input_ids) for pool in pools for e in pool)
+    options = repro_options(args)
+    kept: dict = {}
 
-        variants["plain_autocast"] = (False, plain_round(plain_autocast_step))
-    if args.compile:
-        compiled = torch.compile(model, dynamic=True)
-        variants["plain_compiled"] = (False, plain_round(lambda b: plain_step(compiled, opt, b, pad, dev)))
-    for _grouped, run in variants.values():  # warm-up (and compilation) outside the measurement
-        run([examples[: args.train_batch_size]])
-    if dev == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds = {k: [] for k in variants}
-    cpu = {k: 0.0 for k in variants}
-    supervised = inputs = 0
-    for rnd in range(args.rounds):
-        pool = examples[rnd * n_per_round : (rnd + 1) * n_per_round]
-        supervised += sum(e.n_supervised for e in pool)
-        inputs += sum(len(e.input_ids) for e in pool)
-        lengths = [len(e.input_ids) for e in pool]
-        order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
-        for name in order:
-            grouped, run = variants[name]
-            sched = batch_schedule(lengths, args.train_batch_size, seed=rnd, n_batches=args.train_steps,
-                                   group_by_length=grouped)
-            batches = [[pool[i] for i in b] for b in sched]
-            c0 = time.process_time()
-            seconds[name].append(timed(lambda run=run, batches=batches: run(batches), dev))
-            cpu[name] += time.process_time() - c0
-        print(f"train r={rank} round {rnd + 1}/{args.rounds}: "
-              + ", ".join(f"{k} {seconds[k][-1]:.2f} s" for k in variants), flush=True)
+    def repro_variants() -> dict:
+        # Each variant builds its own model from the same seed: repro's options (compiled layers, adapter
+        # input casting) change the model they run on, and the plain loop must run on an untouched one.
+        repro_model = build_adapter_model(build_model(args.model, dev, dtype), "rslora", rank, 16, 0.0, TARGETS)
+        repro_model.train()
+        prepare_model(repro_model, options)
+        params = [p for p in repro_model.parameters() if p.requires_grad]
+        runner = StepRunner(repro_model, make_optimizer(params, 1e-5, device=dev, fused=options.fused_optimizer),
+                            params, options, dev, row_capacity=args.train_max_length)
+        kept["cross_entropy"] = runner.cross_entropy_name
+        kept["tied"] = repro_model.get_base_model().config.tie_word_embeddings
+        kept["matmul_params"] = sum(p.numel() for n, p in repro_model.named_parameters()
+                                    if "lora_" not in n and "embed_tokens" not in n)
+
+        def repro_round(batches):
+            for b in batches:
+                runner.run(runner.layout(b, pad))
+            runner.flush()  # the round's one wait on the device, part of the measured cost
+
+        return {"repro": (True, repro_round)}
+
+    def plain_variants() -> dict:
+        model = build_adapter_model(build_model(args.model, dev, dtype), "rslora", rank, 16, 0.0, TARGETS)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def plain_round(step):
+            return lambda batches: [step(b) for b in batches]
+
+        variants = {"plain": (False, plain_round(lambda b: plain_step(model, opt, b, pad, dev)))}
+        if options.autocast:
+            # The same bf16 matmuls in the plain loop (peft's default input cast kept): how much of the
+            # ratio is the step's own and how much is bf16 compute.
+            def plain_autocast_step(b):
+                with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16):
+                    plain_step(model, opt, b, pad, dev)
+
+            variants["plain_autocast"] = (False, plain_round(plain_autocast_step))
+        if args.compile:
+            compiled = torch.compile(model, dynamic=True)
+            variants["plain_compiled"] = (False, plain_round(lambda b: plain_step(compiled, opt, b, pad, dev)))
+        return variants
+
+    def measure(variants: dict) -> tuple[dict, dict, float]:
+        for _grouped, run in variants.values():  # warm-up (and compilation) outside the measurement
+            run([examples[: args.train_batch_size]])
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = {k: [] for k in variants}
+        cpu = {k: 0.0 for k in variants}
+        for rnd, pool in enumerate(pools):
+            lengths = [len(e.input_ids) for e in pool]
+            order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
+            for name in order:
+                grouped, run = variants[name]
+                sched = batch_schedule(lengths, args.train_batch_size, seed=rnd, n_batches=args.train_steps,
+                                       group_by_length=grouped)
+                batches = [[pool[i] for i in b] for b in sched]
+                c0 = time.process_time()
+                seconds[name].append(timed(lambda run=run, batches=batches: run(batches), dev))
+                cpu[name] += time.process_time() - c0
+            print(f"train r={rank} round {rnd + 1}/{args.rounds}: "
+                  + ", ".join(f"{k} {seconds[k][-1]:.2f} s" for k in variants), flush=True)
+        return seconds, cpu, _peak_memory_gb(dev)
+
+    if args.baseline == "alternate":
+        seconds, cpu, peak_mem = measure({**plain_variants(), **repro_variants()})
+        peak_plain = None
+    else:
+        seconds, cpu, peak_mem = measure(repro_variants())
+        _release(dev)
+        peak_plain = None
+        if args.baseline == "sequential":
+            plain_seconds, plain_cpu, peak_plain = measure(plain_variants())
+            seconds, cpu = {**plain_seconds, **seconds}, {**plain_cpu, **cpu}
+            _release(dev)
     tps = {k: supervised / sum(v) for k, v in seconds.items()}
-    tied = model.get_base_model().config.tie_word_embeddings
-    matmul_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "embed_tokens" not in n)
-    matmul_params += s.vocab_size * s.hidden_size if tied else 0  # a tied output layer is still a matmul
+    matmul_params = kept["matmul_params"] + (s.vocab_size * s.hidden_size if kept["tied"] else 0)  # a tied head is a matmul
     # Under autocast the matmuls run in bf16: that is the peak they are held to.
     peak, source = (peak_flops(dev, "bfloat16", torch.bfloat16) if options.autocast
                     else peak_flops(dev, dtype_name, dtype))
     input_tps = inputs / sum(seconds["repro"])
-    if dev == "cuda":
-        peak_mem = torch.cuda.max_memory_allocated() / 1e9
-        mem_source = "torch.cuda.max_memory_allocated during the training rounds (both models resident)"
-    else:
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-        mem_source = "peak RSS of the benchmark process (evaluation part and both models included)"
+    resident = {"alternate": "both models resident", "sequential": "repro's model alone (the plain one measured after it)",
+                "none": "repro's model alone"}[args.baseline]
+    mem_source = (f"torch.cuda.max_memory_allocated during the training rounds ({resident})" if dev == "cuda"
+                  else f"peak RSS of the benchmark process ({resident}; the evaluation part included)")
+    has_plain = "plain" in tps
     return {
         "repro_tok_s": tps["repro"],
-        "plain_tok_s": tps["plain"],
+        "plain_tok_s": tps.get("plain"),
         "plain_compiled_tok_s": tps.get("plain_compiled"),
-        "ratio": tps["repro"] / tps["plain"],
+        "ratio": tps["repro"] / tps["plain"] if has_plain else None,
         "plain_autocast_tok_s": tps.get("plain_autocast"),
         "ratio_vs_plain_autocast": tps["repro"] / tps["plain_autocast"] if "plain_autocast" in tps else None,
         "mfu": input_tps * 4 * matmul_params / peak,
         "peak_mem_gb": peak_mem,
+        "peak_mem_plain_gb": peak_plain,
+        "baseline": args.baseline,
         "rank": rank,
         "tokens": "supervised",
         "repro_input_tok_s": input_tps,
-        "repro_options": {**options.__dict__, "cross_entropy": runner.cross_entropy_name,
+        "repro_options": {**options.__dict__, "cross_entropy": kept["cross_entropy"],
                           "optimizer": "fused" if dev == "cuda" else "foreach"},
         "mfu_peak_flops": peak,
         "mfu_peak_source": source,
         "peak_mem_source": mem_source,
         "cpu_seconds": cpu,
-        "ratio_cpu": cpu["plain"] / cpu["repro"],
+        "ratio_cpu": cpu["plain"] / cpu["repro"] if has_plain else None,
     }
 
 
@@ -410,6 +449,9 @@ def main(argv=None) -> dict:
     step.add_argument("--pad-to-multiple", type=int, default=None,
                       help="length bucket (finetune.pad_to_multiple; default 64 on cuda, 1 on cpu)")
     step.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--baseline", choices=["alternate", "sequential", "none"], default=None,
+                        help="how the plain loop is measured beside repro's step: alternating rounds with both "
+                             "models resident (default on cpu), one model at a time (default on cuda), or not")
     parser.add_argument("--record", action="store_true",
                         help="write repro's measured training throughput into the throughput table")
     parser.add_argument("--table", type=Path, default=TABLE, help="the table --record writes (default: %(default)s)")
@@ -423,6 +465,7 @@ def main(argv=None) -> dict:
     args.repro_compile = cuda if args.repro_compile is None else args.repro_compile
     args.pad_to_multiple = (64 if cuda else 1) if args.pad_to_multiple is None else args.pad_to_multiple
     args.rank = args.rank or ([16, 256] if args.model == "llama2-7b" else [16])
+    args.baseline = args.baseline or ("sequential" if cuda else "alternate")
     if args.record and args.skip_train:
         parser.error("--record writes the training throughput: drop --skip-train")
     if args.record and args.model == "tiny" and args.table.resolve() == TABLE.resolve():
@@ -454,9 +497,10 @@ def main(argv=None) -> dict:
             if t["plain_autocast_tok_s"]:
                 compiled += (f", plain under bf16 autocast {t['plain_autocast_tok_s']:.1f} "
                              f"({t['ratio_vs_plain_autocast']:.2f}x)")
-            print(f"train {args.model} r={rank}: repro {t['repro_tok_s']:.1f} supervised tok/s, plain "
-                  f"{t['plain_tok_s']:.1f}{compiled}; ratio {t['ratio']:.2f}x, MFU {t['mfu']:.1%}, peak memory "
-                  f"{t['peak_mem_gb']:.2f} GB")
+            versus = (f"plain {t['plain_tok_s']:.1f}{compiled}; ratio {t['ratio']:.2f}x" if t["plain_tok_s"]
+                      else "no baseline")
+            print(f"train {args.model} r={rank}: repro {t['repro_tok_s']:.1f} supervised tok/s, {versus}, "
+                  f"MFU {t['mfu']:.1%}, peak memory {t['peak_mem_gb']:.2f} GB ({t['baseline']} baseline)")
         # One rank: its figures; several: one entry per rank.
         result["train"] = trains[0] if len(trains) == 1 else {f"r={t['rank']}": t for t in trains}
         if args.record:

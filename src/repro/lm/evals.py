@@ -344,8 +344,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         base, tokenizer = load_base()
         model, plan = base, {0: None}
     else:
-        from peft import PeftModel
-
+        from .adapters import load_for_evaluation
         from .evalcache import CheckpointCache
         from .models import model_fingerprint
 
@@ -362,6 +361,8 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         settings = {"evals": {k: v for k, v in ev.items() if k not in ("enabled", "checkpoints")},
                     "device": cfg["device"], "dtype": cfg["dtype"], "threads": cfg["finetune"]["threads"],
                     "model_content": model_fingerprint(model_dir)}
+        if cfg["dtype"] != "float32":
+            settings["adapter_dtype"] = cfg["dtype"]  # see repro.lm.adapters
         store = CheckpointCache(summary_path.parent / "eval_cache" / "tasks", settings)
         for step in plan:
             entry = store.get(step, digests[step])
@@ -374,8 +375,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
             model = tokenizer = None
         else:
             base, tokenizer = load_base()
-            model = PeftModel.from_pretrained(base, plan[todo[0]], is_trainable=False)
-            model.eval()
+            model = load_for_evaluation(base, plan[todo[0]])
 
     manager = keywords = prompts = None
     if model is not None:

@@ -426,15 +426,12 @@ def _read_run(summary_path: Path):
 
 
 def _load_peft(model_dir: Path, first_checkpoint: Path, device: str, dtype: str, threads: int):
-    from peft import PeftModel
-
+    from .adapters import load_for_evaluation
     from .models import load_model
 
     torch.set_num_threads(threads)
     base, tokenizer = load_model(model_dir, dtype=dtype, device=device)
-    model = PeftModel.from_pretrained(base, first_checkpoint, is_trainable=False)
-    model.eval()
-    return model, tokenizer
+    return load_for_evaluation(base, first_checkpoint), tokenizer
 
 
 def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, threads: int):
@@ -504,6 +501,9 @@ def evaluate_run(
                 "merge_adapters": merge_adapters, "model_content": model_fingerprint(model_dir),
                 "max_length": summary["max_length"], "heldout": rows_sha256(heldout_rows),
                 "forgetting": [[name, rows_sha256(rows)] for name, rows in forgetting.items()]}
+    if dtype != "float32":
+        # Rows cached when the adapters of a low-precision base still computed in fp32 are not these.
+        settings["adapter_dtype"] = dtype
     store = CheckpointCache(run_dir / "eval_cache" / "forgetting", settings) if cache else None
     results = {}
     if store is not None:
