@@ -16,9 +16,9 @@ PACKAGE = SRC / "repro"
 STUDIES = ("repro.lm", "repro.laws", "repro.teb", "repro.compression")
 # Modules every part may use and that may use no part: configuration, file writing, rendering.
 GROUND = ("repro.errors", "repro.config", "repro.io", "repro.report")
-# The branches' run plans: pure functions of the config, one layer above the ground. The validator
-# runs their cross-key checks, so configuration may import them (and nothing else of a study).
-PLANS = ("repro.lm.runs", "repro.teb.runs")
+# The studies' run plans: pure functions of the config (plans, job identities, cross-key checks), one
+# layer above the ground. The validator runs their checks by registration (repro.studies), not by import.
+PLANS = ("repro.lm.runs", "repro.teb.runs", "repro.laws.runs", "repro.compression.runs")
 
 
 def _module_name(path: Path) -> str:
@@ -122,10 +122,22 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("floor", GROUND)
 def test_ground_floors_import_no_study(floor):
     graph = import_graph()
-    upward = {m: sorted(d for d in deps if (_in(d, STUDIES) and d not in PLANS)
-                        or _in(d, ("repro.cluster", "repro.paper", "repro.provenance", "repro.cli")))
+    upward = {m: sorted(d for d in deps if _in(d, STUDIES)
+                        or _in(d, ("repro.cluster", "repro.paper", "repro.provenance", "repro.cli", "repro.studies")))
               for m, deps in graph.items() if _in(m, (floor,))}
     assert {m: d for m, d in upward.items() if d} == {}
+
+
+def test_every_study_registers_its_check_with_the_validator():
+    """config.py imports no study (above), yet validate_config runs each study's check."""
+    from repro import config, studies
+    from repro.compression.runs import check as compression
+    from repro.laws.runs import check as laws
+    from repro.lm.runs import check as lm
+    from repro.teb.runs import check as teb
+
+    assert {lm, laws, teb, compression} <= set(studies.STUDY_CHECKS) <= set(config.CHECKS)
+    assert "repro.studies" in import_graph()["repro"]  # loaded with the package, before any validation
 
 
 def test_cluster_shapes_are_its_bottom():

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,80 +124,21 @@ def _extend_with_defaults(validator_class):
 _DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
 
 
+# Cross-key checks that the schema cannot express, one per study (and one for the cluster requests),
+# registered by the studies themselves (repro.studies, loaded with the package): this module imports no
+# study, and a study's check lives beside the run plan it guards.
+CHECKS: list[Callable[[dict], list[str]]] = []
+
+
+def register_check(check: Callable[[dict], list[str]]) -> None:
+    """Add a check run by ``validate_config``: a function of the validated config returning one message
+    per error, each naming its key."""
+    if check not in CHECKS:
+        CHECKS.append(check)
+
+
 def _semantic_errors(cfg: dict) -> list[str]:
-    errors = []
-    ft = cfg.get("finetune", {})
-    known = set(cfg.get("data", {}).get("finetune", {}))
-    for i, name in enumerate(ft.get("datasets", [])):
-        if name not in known:
-            errors.append(
-                f"key 'finetune.datasets[{i}]': {name!r} is not a data.finetune entry "
-                f"(known: {', '.join(sorted(known)) or 'none'})"
-            )
-    for name, spec in cfg.get("data", {}).get("finetune", {}).items():
-        if spec.get("kind") in ("model-samples", "pydoc-topics"):
-            errors.append(
-                f"key 'data.finetune.{name}.kind': {spec['kind']!r} is a forgetting corpus, "
-                "not a fine-tuning dataset"
-            )
-    for name, spec in cfg.get("data", {}).get("forgetting", {}).items():
-        if spec.get("kind") in ("stdlib-docstrings", "hf-instruct"):
-            errors.append(
-                f"key 'data.forgetting.{name}.kind': {spec['kind']!r} is instruction data; "
-                "a forgetting corpus is plain text"
-            )
-    steps = ft.get("checkpoints")
-    max_steps = ft.get("max_steps")
-    if isinstance(steps, list) and isinstance(max_steps, int):
-        bad = [s for s in steps if s > max_steps]
-        if bad:
-            errors.append(f"key 'finetune.checkpoints': steps {bad} exceed finetune.max_steps={max_steps}")
-    tiny = cfg.get("model", {}).get("tiny") or {}
-    if cfg.get("model", {}).get("source") == "tiny" and tiny:
-        h, nh, nkv = tiny.get("hidden_size"), tiny.get("num_attention_heads"), tiny.get("num_key_value_heads")
-        if h and nh and h % nh:
-            errors.append(f"key 'model.tiny.hidden_size': {h} is not divisible by num_attention_heads={nh}")
-        if nh and nkv and nh % nkv:
-            errors.append(
-                f"key 'model.tiny.num_key_value_heads': {nkv} does not divide num_attention_heads={nh}"
-            )
-    errors += _branch_errors(cfg)
-    return errors
-
-
-def _branch_errors(cfg: dict) -> list[str]:
-    """Cross-key checks of the study branches, so that every one of them stops the run before a job."""
-    errors = []
-    # The branches' run plans are pure functions of the config (no torch), the layer just above this one.
-    from .lm.runs import check_evals_plan
-    from .teb.runs import task_specs
-
-    teb = cfg.get("teb") or {}
-    if teb:
-        known = set(task_specs(teb))
-        for i, task in enumerate(teb.get("beta_sweep", {}).get("tasks", [])):
-            if task not in known:
-                errors.append(f"key 'teb.beta_sweep.tasks[{i}]': {task!r} is not an enabled task "
-                              f"(enabled: {', '.join(sorted(known)) or 'none'})")
-    rs = (cfg.get("laws") or {}).get("rank_stability") or {}
-    if rs and rs.get("primary_optimizer") not in rs.get("optimizers", []):
-        errors.append(f"key 'laws.rank_stability.primary_optimizer': {rs.get('primary_optimizer')!r} is not one "
-                      f"of laws.rank_stability.optimizers {rs.get('optimizers')}")
-    shapes = ((cfg.get("compression") or {}).get("compactness") or {}).get("random_maximum", {}).get("shapes", [])
-    for i, (n, d) in enumerate(shapes):
-        if d > n:
-            errors.append(f"key 'compression.compactness.random_maximum.shapes[{i}]': [{n}, {d}] has d > n")
-    if (cfg.get("evals") or {}).get("enabled"):
-        try:
-            check_evals_plan(cfg)
-        except ConfigError as exc:
-            errors.append(str(exc))
-    # A fine-tuning job too large for every GPU it may ask for would fail at its first optimizer step,
-    # after queueing, and the profile's retries grow only host memory and time.
-    from .cluster.memory import gpu_fit_errors
-
-    errors += gpu_fit_errors(cfg)
-    return errors
+    return [message for check in CHECKS for message in check(cfg)]
 
 
 def validate_config(config: dict, schema_path: Path | None = None, source: str = "config") -> dict:

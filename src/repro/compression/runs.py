@@ -42,3 +42,10 @@ def named_settings(comp: dict) -> dict:
 def compactness_settings(comp: dict) -> dict:
     """compression_compactness: its own section and the SAT solver's settings."""
     return {"compactness": comp["compactness"], "sat": comp["sat"]}
+
+
+def check(cfg: dict) -> list[str]:
+    """The compression study's cross-key errors, each naming its key (registered with repro.config)."""
+    shapes = ((cfg.get("compression") or {}).get("compactness") or {}).get("random_maximum", {}).get("shapes", [])
+    return [f"key 'compression.compactness.random_maximum.shapes[{i}]': [{n}, {d}] has d > n"
+            for i, (n, d) in enumerate(shapes) if d > n]

@@ -12,3 +12,12 @@ def fit_settings(cfg: dict) -> dict:
 def rank_stability_settings(cfg: dict) -> dict:
     """rank_stability: the simulation's own section."""
     return cfg["laws"]["rank_stability"]
+
+
+def check(cfg: dict) -> list[str]:
+    """The laws study's cross-key errors, each naming its key (registered with repro.config)."""
+    rs = (cfg.get("laws") or {}).get("rank_stability") or {}
+    if rs and rs.get("primary_optimizer") not in rs.get("optimizers", []):
+        return [f"key 'laws.rank_stability.primary_optimizer': {rs.get('primary_optimizer')!r} is not one "
+                f"of laws.rank_stability.optimizers {rs.get('optimizers')}"]
+    return []

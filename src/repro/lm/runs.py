@@ -198,3 +198,50 @@ def evals_settings(cfg: dict, base: bool = False) -> dict:
     if not base:
         out["steps"] = [s for s in planned_eval_steps(cfg) if s > 0]
     return out
+
+
+def check(cfg: dict) -> list[str]:
+    """The language-model study's cross-key errors, each naming its key (registered with repro.config)."""
+    errors = []
+    ft = cfg.get("finetune", {})
+    data = cfg.get("data", {})
+    known = set(data.get("finetune", {}))
+    for i, name in enumerate(ft.get("datasets", [])):
+        if name not in known:
+            errors.append(
+                f"key 'finetune.datasets[{i}]': {name!r} is not a data.finetune entry "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+    for name, spec in data.get("finetune", {}).items():
+        if spec.get("kind") in ("model-samples", "pydoc-topics"):
+            errors.append(
+                f"key 'data.finetune.{name}.kind': {spec['kind']!r} is a forgetting corpus, "
+                "not a fine-tuning dataset"
+            )
+    for name, spec in data.get("forgetting", {}).items():
+        if spec.get("kind") in ("stdlib-docstrings", "hf-instruct"):
+            errors.append(
+                f"key 'data.forgetting.{name}.kind': {spec['kind']!r} is instruction data; "
+                "a forgetting corpus is plain text"
+            )
+    steps = ft.get("checkpoints")
+    max_steps = ft.get("max_steps")
+    if isinstance(steps, list) and isinstance(max_steps, int):
+        bad = [s for s in steps if s > max_steps]
+        if bad:
+            errors.append(f"key 'finetune.checkpoints': steps {bad} exceed finetune.max_steps={max_steps}")
+    tiny = cfg.get("model", {}).get("tiny") or {}
+    if cfg.get("model", {}).get("source") == "tiny" and tiny:
+        h, nh, nkv = tiny.get("hidden_size"), tiny.get("num_attention_heads"), tiny.get("num_key_value_heads")
+        if h and nh and h % nh:
+            errors.append(f"key 'model.tiny.hidden_size': {h} is not divisible by num_attention_heads={nh}")
+        if nh and nkv and nh % nkv:
+            errors.append(
+                f"key 'model.tiny.num_key_value_heads': {nkv} does not divide num_attention_heads={nh}"
+            )
+    if (cfg.get("evals") or {}).get("enabled"):
+        try:
+            check_evals_plan(cfg)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    return errors

@@ -128,3 +128,14 @@ def eval_settings(teb: dict) -> dict:
 def estimators_settings(teb: dict) -> dict:
     """teb_estimators{task}: the reference estimators' settings."""
     return {"estimators": teb["estimators"]}
+
+
+def check(cfg: dict) -> list[str]:
+    """The TEB study's cross-key errors, each naming its key (registered with repro.config)."""
+    teb = cfg.get("teb") or {}
+    if not teb:
+        return []
+    known = set(task_specs(teb))
+    return [f"key 'teb.beta_sweep.tasks[{i}]': {task!r} is not an enabled task "
+            f"(enabled: {', '.join(sorted(known)) or 'none'})"
+            for i, task in enumerate(teb.get("beta_sweep", {}).get("tasks", [])) if task not in known]
