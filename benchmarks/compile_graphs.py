@@ -44,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from repro.lm.finetune import build_adapter_model  # noqa: E402
+from repro.lm.adapters import build_adapter_model  # noqa: E402
 from repro.lm.step import (  # noqa: E402
     CompileWatch,
     StepOptions,

@@ -29,8 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from repro.lm.adapters import build_adapter_model  # noqa: E402
 from repro.lm.data import build_stdlib_instruct  # noqa: E402
-from repro.lm.finetune import batch_schedule, build_adapter_model, causal_lm_loss  # noqa: E402
+from repro.lm.finetune import batch_schedule, causal_lm_loss  # noqa: E402
 from repro.lm.tokens import collate, encode_rows  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -35,6 +35,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,8 +47,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from lm_speed import SHAPES, build_model, synthetic_examples  # noqa: E402
 
 from repro.config import load_config  # noqa: E402
-from repro.lm.finetune import RunSpec, build_adapter_model  # noqa: E402
-from repro.lm.step import StepRunner, make_optimizer, prepare_model  # noqa: E402
+from repro.lm.adapters import build_adapter_model  # noqa: E402
+from repro.lm.finetune import RunSpec  # noqa: E402
+from repro.lm.step import StepOptions, StepRunner, make_optimizer, prepare_model  # noqa: E402
 
 SKIPPED = "skipped"
 
@@ -70,6 +72,8 @@ def preset_spec(preset: str, rank: int, **overrides) -> tuple[dict, RunSpec]:
     cfg = load_config(REPO / "presets" / preset)
     ft = cfg["finetune"]
     spec = RunSpec.from_config(cfg, ft["datasets"][0], "rslora", rank, ft["learning_rates"][0], 0)
+    step = {k: overrides.pop(k) for k in list(overrides) if k in StepOptions.__dataclass_fields__}
+    spec.step = replace(spec.step, **step)
     for key, value in overrides.items():
         setattr(spec, key, value)
     return cfg, spec
@@ -193,7 +197,7 @@ def _run_steps(model_name: str, spec: RunSpec, device: str, steps: int, widths: 
 def section_step_smollm(args) -> dict:
     cfg, spec = preset_spec("gpu.yaml", 16)
     model = "smollm2-135m" if args.shapes == "real" else "tiny"
-    pad = spec.pad_to_multiple
+    pad = spec.step.pad_to_multiple
     max_len = spec.max_length if args.shapes == "real" else 4 * pad
     widths = list(range(pad, max_len + 1, pad))
     if args.device == "cpu":
@@ -218,7 +222,7 @@ def _llama_memory(args, gradient_checkpointing: bool, rank: int, batch_size: int
         # The memory model is asked about the model that runs (lm_speed's tiny shape is the tiny source's).
         cfg["model"] = {"name": "tiny", "source": "tiny"}
     if args.device == "cpu":
-        spec.dtype, spec.autocast = "float32", False
+        spec.dtype, spec.step = "float32", replace(spec.step, autocast=False)
         cfg.update(dtype="float32", device="cpu")
         cfg["finetune"]["autocast"] = False
     cfg["finetune"].update(gradient_checkpointing=gradient_checkpointing, batch_size=batch_size,
@@ -251,7 +255,7 @@ def section_step_7b(args) -> dict:
     if args.shapes != "real":
         spec.max_length, spec.batch_size = 128, 2
     if args.device == "cpu":
-        spec.dtype, spec.autocast, spec.compile = "float32", False, False
+        spec.dtype, spec.step = "float32", replace(spec.step, autocast=False, compile=False)
     run = _run_steps(model, spec, args.device, args.steps_7b, [spec.max_length], spec.batch_size)
     out = {"rank": 512, "batch_size": spec.batch_size, "max_length": spec.max_length, "run": run}
     if args.record and args.device == "cuda" and args.shapes == "real":

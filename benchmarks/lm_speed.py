@@ -3,8 +3,9 @@
 eval: on the same corpus batches, side by side in alternating rounds,
   - one_pass        repro.lm.forgetting.forgetting_one_pass over K checkpoints (one base forward per
                     batch, then one forward per checkpoint with its adapter swapped in place);
-  - per_checkpoint  the previous path (ForgettingCorpus.evaluate without the base cache): two forwards
-                    per batch and checkpoint, adapters set with peft's set_peft_model_state_dict;
+  - per_checkpoint  the previous path (ReferenceCorpus.evaluate of tests/reference_forgetting.py,
+                    without the base cache): two forwards per batch and checkpoint, adapters set with
+                    peft's set_peft_model_state_dict;
   - forward         a bare transformers forward (logits) of the base model over the same tokens,
                     repeated K times;
   - one_pass_unmerged  (fp32 only, where one_pass merges each adapter into the weights) the one pass
@@ -64,14 +65,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.append(str(REPO / "tests"))  # the per-checkpoint reference, last so it shadows nothing
 
 from finetune_cpu import TARGETS, plain_step  # noqa: E402
 from lm_throughput import device_name as device_key  # noqa: E402  (the table's device names)
+from reference_forgetting import ReferenceCorpus  # noqa: E402
 
 from repro.cluster.shapes import LLAMA2_7B, SMOLLM2_135M, ModelShape  # noqa: E402
 from repro.cluster.throughput import TABLE, record_rows  # noqa: E402
-from repro.lm.finetune import batch_schedule, build_adapter_model  # noqa: E402
-from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass  # noqa: E402
+from repro.lm.adapters import AdapterBank, build_adapter_model  # noqa: E402
+from repro.lm.finetune import batch_schedule  # noqa: E402
+from repro.lm.forgetting import forgetting_one_pass  # noqa: E402
 from repro.lm.step import StepOptions, StepRunner, make_optimizer, native_bf16, prepare_model  # noqa: E402
 from repro.lm.tokens import IGNORE, Example  # noqa: E402
 
@@ -148,8 +152,8 @@ def bench_eval(args, dtype) -> dict:
     n_seq = args.batches * args.batch_size
     rows = [{"input_ids": torch.randint(3, vocab, (args.seq_len,), generator=g).tolist()} for _ in range(n_seq)]
     pad = SimpleNamespace(pad_token_id=0)
-    corpus = ForgettingCorpus("bench", rows, pad, args.batch_size)
-    warm = ForgettingCorpus("warm", [{"input_ids": rows[0]["input_ids"][:16]}], pad, 1)
+    corpus = ReferenceCorpus("bench", rows, pad, args.batch_size)
+    warm = ReferenceCorpus("warm", [{"input_ids": rows[0]["input_ids"][:16]}], pad, 1)
     tokens = corpus.n_positions()
 
     def one_pass(c):

@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from repro.cluster.shapes import KNOWN_SHAPES  # noqa: E402
 from repro.cluster.throughput import TABLE, record_rows  # noqa: E402
-from repro.lm.finetune import build_adapter_model, causal_lm_loss  # noqa: E402
+from repro.lm.adapters import build_adapter_model  # noqa: E402
+from repro.lm.finetune import causal_lm_loss  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -29,7 +29,7 @@ def _resolve(res: dict, **wildcards) -> dict:
 def test_tiny_shape_counts_the_parameters_and_adapters_of_the_real_model(tiny_model_dir):
     from conftest import TINY
 
-    from repro.lm.finetune import build_adapter_model, count_trainable
+    from repro.lm.adapters import build_adapter_model, count_trainable
     from repro.lm.models import load_model
 
     model, _ = load_model(tiny_model_dir)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from repro.lm import step
-from repro.lm.finetune import build_adapter_model
+from repro.lm.adapters import build_adapter_model
 from repro.lm.step import (
     CompileWatch,
     RecompileLimitError,

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 3)
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "resources" / "test-cache"
 
@@ -52,17 +55,17 @@ def test_default_model_converts_and_answers_chat(default_model_dir):
 @pytest.mark.slow
 def test_default_model_forgetting_at_step0_is_its_entropy(default_model_dir, tmp_path):
     import torch
+    from reference_forgetting import ReferenceCorpus
 
+    from repro.lm.adapters import build_adapter_model
     from repro.lm.data import build_pydoc_topics
-    from repro.lm.finetune import build_adapter_model
-    from repro.lm.forgetting import ForgettingCorpus
     from repro.lm.models import load_model
 
     base, tok = load_model(default_model_dir)
     model = build_adapter_model(base, "rslora", 16, 16, 0.0, ["q_proj", "v_proj", "down_proj"])
     model.eval()
     rows = build_pydoc_topics({"num_sequences": 2, "length": 32}, tok)
-    corpus = ForgettingCorpus("pydoc", rows, tok, batch_size=2)
+    corpus = ReferenceCorpus("pydoc", rows, tok, batch_size=2)
     corpus.prepare(model, max_cache_gb=1.0, vocab_size=base.config.vocab_size)
     res = corpus.evaluate(model)
     assert res["kl_forget"] == pytest.approx(0.0, abs=1e-6)

@@ -49,7 +49,8 @@ def test_damaged_adapter_checkpoint_is_named(tmp_path, damage):
 def resume_setup(tiny_model_dir, tmp_path):
     import torch
 
-    from repro.lm.finetune import _save_resume_state, build_adapter_model
+    from repro.lm.adapters import build_adapter_model
+    from repro.lm.finetune import _save_resume_state
     from repro.lm.models import load_model
 
     def fresh():

@@ -11,14 +11,8 @@ import torch
 from workflow_helpers import tiny_run_spec
 
 from repro.lm import finetune as ft
-from repro.lm.finetune import (
-    TrainingDivergedError,
-    batch_schedule,
-    build_adapter_model,
-    causal_lm_loss,
-    count_trainable,
-    train_run,
-)
+from repro.lm.adapters import adapter_scalings, build_adapter_model, count_trainable
+from repro.lm.finetune import TrainingDivergedError, batch_schedule, causal_lm_loss, train_run
 from repro.lm.models import load_model
 from repro.lm.tokens import collate, encode_rows
 
@@ -49,7 +43,7 @@ def test_scaling_lora_alpha_over_r_and_rslora_alpha_over_sqrt_r(tiny_model_dir, 
         base, _ = load_model(tiny_model_dir)
         model = build_adapter_model(base, method, rank, alpha, 0.0, TARGETS)
         expected = alpha / rank if method == "lora" else alpha / math.sqrt(rank)
-        (scaling,) = ft.adapter_scalings(model)
+        (scaling,) = adapter_scalings(model)
         assert scaling == pytest.approx(expected)
         # The scaling must act on the output: give both models the same non-zero adapters and compare.
         lora_params = sorted((n, p) for n, p in model.named_parameters() if "lora_" in n)

@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
+from reference_forgetting import evaluate_per_checkpoint
 
 from repro.lm.finetune import RunSpec, train_run
-from repro.lm.forgetting import evaluate_per_checkpoint, evaluate_run, plan_sweeps, soft_cross_entropy
+from repro.lm.forgetting import evaluate_run, plan_sweeps, soft_cross_entropy
 
 
 def test_soft_cross_entropy_on_hand_computed_distribution():
@@ -123,8 +124,10 @@ def test_one_pass_equals_the_per_checkpoint_path(trained_run, tiny_model_dir, in
 
 
 def test_one_pass_runs_the_base_once_per_batch(tiny_model_dir):
-    from repro.lm.finetune import build_adapter_model
-    from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass
+    from reference_forgetting import ReferenceCorpus
+
+    from repro.lm.adapters import AdapterBank, build_adapter_model
+    from repro.lm.forgetting import forgetting_one_pass
     from repro.lm.models import load_model
 
     base, tok = load_model(tiny_model_dir)
@@ -134,7 +137,7 @@ def test_one_pass_runs_the_base_once_per_batch(tiny_model_dir):
     for step in (0, 5, 9):
         bank.add(step, {k: torch.randn(t.shape, generator=g) * 0.1 for k, t in bank.targets.items()})
     assert bank.merge  # fp32 weights: merged by default
-    corpus = ForgettingCorpus("c", _corpus(tiny_model_dir), tok, batch_size=2)  # 3 sequences: 2 batches
+    corpus = ReferenceCorpus("c", _corpus(tiny_model_dir), tok, batch_size=2)  # 3 sequences: 2 batches
     calls = []
     model.get_base_model().get_decoder().register_forward_hook(lambda *a: calls.append(1))
     weights = {n: (p, p.detach().clone()) for n, p in model.named_parameters() if "base_layer" in n}
@@ -150,8 +153,8 @@ def test_one_pass_runs_the_base_once_per_batch(tiny_model_dir):
 
 
 def test_a_zero_adapter_reuses_the_base_forward_with_the_same_numbers(tiny_model_dir):
-    from repro.lm.finetune import build_adapter_model
-    from repro.lm.forgetting import AdapterBank, ForgettingCorpus, forgetting_one_pass
+    from repro.lm.adapters import AdapterBank, build_adapter_model
+    from repro.lm.forgetting import ForgettingCorpus, forgetting_one_pass
     from repro.lm.models import load_model
 
     base, tok = load_model(tiny_model_dir)
@@ -176,8 +179,7 @@ def test_a_zero_adapter_reuses_the_base_forward_with_the_same_numbers(tiny_model
 
 
 def test_adapter_bank_rejects_foreign_keys(tiny_model_dir):
-    from repro.lm.finetune import build_adapter_model
-    from repro.lm.forgetting import AdapterBank
+    from repro.lm.adapters import AdapterBank, build_adapter_model
     from repro.lm.models import load_model
 
     base, _ = load_model(tiny_model_dir)

@@ -18,9 +18,10 @@ import yaml
 from workflow_helpers import repro_in_process, snakemake, tiny_run_spec
 
 from repro.config import SCHEMA_PATH, load_config
-from repro.lm import forgetting
+from repro.lm import adapters, forgetting
 from repro.lm.finetune import RunSpec, StaleStateError, train_run
 from repro.lm.runs import SWEEP_AXES, TIMING_ONLY
+from repro.lm.step import StepOptions
 from repro.teb.runs import task_names, task_runs, train_settings
 
 RUN = "results-test/lm/runs/tiny-llama/stdlib-instruct/rslora/r1/lr0.001/seed0"
@@ -50,10 +51,10 @@ def _losses(run_dir: Path) -> list[tuple[str, str, str]]:
 
 def test_every_finetune_setting_is_a_sweep_axis_or_part_of_the_runs_identity():
     """A setting the config accepts but the trainer's identity leaves out would let state trained under
-    another value be resumed: every schema key is a sweep axis or a RunSpec field."""
+    another value be resumed: every schema key is a sweep axis or a RunSpec field (its step options included)."""
     schema = yaml.safe_load(Path(SCHEMA_PATH).read_text())
     keys = set(schema["properties"]["finetune"]["properties"])
-    fields = set(RunSpec.__dataclass_fields__)
+    fields = set(RunSpec.__dataclass_fields__) | set(StepOptions.__dataclass_fields__)
     assert keys - set(SWEEP_AXES) <= fields, keys - set(SWEEP_AXES) - fields
 
 
@@ -153,13 +154,13 @@ def test_state_without_identity_or_of_another_model_is_not_resumed(tiny_model_di
 
 def _evaluated_steps(monkeypatch) -> list[int]:
     loaded: list[int] = []
-    real = forgetting.AdapterBank.load
+    real = adapters.AdapterBank.load
 
     def load(self, step, checkpoint_dir):
         loaded.append(step)
         return real(self, step, checkpoint_dir)
 
-    monkeypatch.setattr(forgetting.AdapterBank, "load", load)
+    monkeypatch.setattr(adapters.AdapterBank, "load", load)
     return loaded
 
 
@@ -293,13 +294,13 @@ def test_task_evaluations_are_cached_per_checkpoint(tiny_model_dir, instruct_row
     cfg["evals"].update(tasks=["repro_arithmetic"], limit=4)
     cfg["evals"]["safety"].update(limit=2, max_new_tokens=4)
     computed: list[int] = []
-    real = evals._load_adapter
+    real = adapters.load_adapter_weights
 
     def load_adapter(model, ckpt_dir):
         computed.append(int(Path(ckpt_dir).name.removeprefix("step-")))
         return real(model, ckpt_dir)
 
-    monkeypatch.setattr(evals, "_load_adapter", load_adapter)
+    monkeypatch.setattr(adapters, "load_adapter_weights", load_adapter)
     run = tmp_path / "run"
     train_run(tiny_run_spec(max_steps=8), tiny_model_dir, instruct_rows["train"], run, progress=False)
     first = evals.evaluate_checkpoints(cfg, tiny_model_dir, tmp_path / "a.csv", run / "summary.json", steps=[4, 8],

@@ -20,7 +20,10 @@ import yaml
 from workflow_helpers import snakemake as _snakemake
 
 from repro.config import load_config
-from repro.tracking import TrackingError, build_record, public_uri, resolve_uri, track
+from repro.lm.tracking import TrackingError, build_record, public_uri, resolve_uri, track
+
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 0)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -273,7 +276,7 @@ def test_test_preset_runs_reach_a_real_mlflow_server(test_preset_run, mlflow_ser
 
 
 def test_log_batches_stay_within_mlflows_limits_and_keep_everything():
-    from repro.tracking import MAX_ENTRIES, MAX_PARAMS, _batches
+    from repro.lm.tracking import MAX_ENTRIES, MAX_PARAMS, _batches
 
     params, metrics = list(range(130)), list(range(2500))
     batches = list(_batches(params, metrics))

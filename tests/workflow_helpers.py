@@ -42,11 +42,16 @@ def snakemake(cwd: Path, *args: str, timeout: int = 1800, **extra_env: str) -> s
 
 def tiny_run_spec(**overrides):
     """A fine-tuning run of the tiny test model: 8 steps of 2 examples, resume state every 3 steps."""
+    from dataclasses import fields
+
     from repro.lm.finetune import RunSpec
+    from repro.lm.step import StepOptions
 
     base = dict(model="tiny", dataset="d", method="rslora", rank=4, lr=1e-3, seed=0, max_steps=8,
                 batch_size=2, max_length=96, resume_every=3, threads=1)
-    return RunSpec(**{**base, **overrides})
+    # Overrides name config keys; those of how a step is computed go to the spec's StepOptions.
+    step = {f.name: overrides.pop(f.name) for f in fields(StepOptions) if f.name in overrides}
+    return RunSpec(**{**base, **overrides}, step=StepOptions(**step))
 
 
 def repro_in_process(*args) -> subprocess.CompletedProcess:

@@ -1,7 +1,7 @@
 # Experiment tracking: after aggregation every fine-tuning run is logged to MLflow from its own files
-# (`repro track`, src/repro/tracking.py): params, per-step training metrics, evaluation metrics per
+# (`repro track`, src/repro/lm/tracking.py): params, per-step training metrics, evaluation metrics per
 # checkpoint, commit and config hash. Part of the default targets only when tracking.enabled is true.
-from repro.tracking import experiment_name, public_uri, resolve_uri
+from repro.lm.tracking import experiment_name, public_uri, resolve_uri
 
 TRACKING = config["tracking"]
 TRACKING_SUMMARY = f"{RESULTS}/tracking/mlflow.json"

@@ -344,7 +344,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
         base, tokenizer = load_base()
         model, plan = base, {0: None}
     else:
-        from .adapters import load_for_evaluation
+        from .adapters import load_adapter_weights, load_for_evaluation
         from .evalcache import CheckpointCache
         from .models import model_fingerprint
 
@@ -392,7 +392,7 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
             continue
         t0 = time.perf_counter()
         if plan[step] is not None:
-            _load_adapter(model, plan[step])
+            load_adapter_weights(model, plan[step])
         row: dict = {"step": step}
         if ev["tasks"]:
             row.update(run_tasks(lm, ev["tasks"], manager, ev["limit"], ev["num_fewshot"], ev["bootstrap_iters"]))
@@ -414,19 +414,6 @@ def evaluate_checkpoints(cfg: dict, model_dir: Path, out_csv: Path, summary_path
                       "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts))
     _write(rows, out_csv)
     return rows
-
-
-def _load_adapter(model, ckpt_dir: Path) -> None:
-    from peft import set_peft_model_state_dict
-
-    from .models import load_safetensors
-
-    dev = next(model.parameters()).device
-    result = set_peft_model_state_dict(model, load_safetensors(Path(ckpt_dir) / "adapter_model.safetensors",
-                                                               device=str(dev)))
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise RuntimeError(f"{ckpt_dir}: adapter keys do not match the model: {unexpected[:3]}")
 
 
 def _write(rows: list[dict], out_csv: Path) -> None:

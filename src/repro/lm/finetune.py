@@ -30,7 +30,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,14 @@ from ..io import (
     rows_sha256,
     settings_diff,
     sha256_file,
+)
+from .adapters import (
+    adapter_scalings,
+    adapter_state_dict,
+    build_adapter_model,
+    count_trainable,
+    peft_version,
+    set_adapter_state_dict,
 )
 from .runs import LENGTH_KEYS, TIMING_ONLY, checkpoint_grid
 from .step import (  # noqa: F401  (causal_lm_loss and compile_decoder_layers are this module's API too)
@@ -95,27 +103,23 @@ class RunSpec:
     max_grad_norm: float | None = None
     checkpoints: object = "log2"
     resume_every: int = 50
-    fast_loss: bool = True
     group_by_length: bool = True
     threads: int = 2
-    compile: bool = False
     device: str = "cpu"
     dtype: str = "float32"
-    packing: bool = False
-    pad_to_multiple: int = 1
-    autocast: bool | str = False  # "auto": on where the device computes bf16 in hardware
-    fused_cross_entropy: bool = True
-    fused_optimizer: bool = True
-    gradient_checkpointing: bool = False
     sync_every: int = 32
-    compile_backend: str = "inductor"
+    # How each step is computed, as configured: autocast may be "auto" (on where the device computes
+    # bf16 in hardware), resolved on the machine that trains (``step_options``).
+    step: StepOptions = field(default_factory=StepOptions)
 
     def step_options(self, device: str | None = None) -> StepOptions:
-        return StepOptions(fast_loss=self.fast_loss, packing=self.packing, pad_to_multiple=self.pad_to_multiple,
-                           autocast=resolve_autocast(self.autocast, device or self.device),
-                           fused_cross_entropy=self.fused_cross_entropy,
-                           fused_optimizer=self.fused_optimizer, gradient_checkpointing=self.gradient_checkpointing,
-                           compile=self.compile, compile_backend=self.compile_backend)
+        return replace(self.step, autocast=resolve_autocast(self.step.autocast, device or self.device))
+
+    def settings(self) -> dict:
+        """Every setting under its finetune key, the step's options among the others: the flat record
+        summary.json and the run's identity keep, so grouping the options changes neither."""
+        flat = {k: v for k, v in self.__dict__.items() if k != "step"}
+        return {**flat, **self.step.__dict__}
 
     @classmethod
     def from_config(cls, config: dict, dataset: str, method: str, rank: int, lr: float, seed: int) -> RunSpec:
@@ -125,16 +129,10 @@ class RunSpec:
             seed=int(seed), alpha=ft["alpha"], dropout=ft["dropout"], target_modules=tuple(ft["target_modules"]),
             max_steps=ft["max_steps"], batch_size=ft["batch_size"], max_length=ft["max_length"],
             weight_decay=ft["weight_decay"], adam_betas=tuple(ft["adam_betas"]), max_grad_norm=ft["max_grad_norm"],
-            checkpoints=ft["checkpoints"], resume_every=ft["resume_every"], fast_loss=ft["fast_loss"],
-            group_by_length=ft["group_by_length"], threads=ft["threads"], compile=ft["compile"], device=config["device"],
-            dtype=config["dtype"],
-            **{k: ft[k] for k in STEP_KEYS if k in ft},
+            checkpoints=ft["checkpoints"], resume_every=ft["resume_every"], group_by_length=ft["group_by_length"],
+            threads=ft["threads"], device=config["device"], dtype=config["dtype"], sync_every=ft["sync_every"],
+            step=StepOptions(**{f.name: ft[f.name] for f in fields(StepOptions)}),
         )
-
-
-# Keys of the config's finetune section that choose how a step is computed (RunSpec fields).
-STEP_KEYS = ("packing", "pad_to_multiple", "autocast", "fused_cross_entropy", "fused_optimizer",
-             "gradient_checkpointing", "sync_every", "compile_backend")
 
 
 def trajectory_identity(spec: RunSpec, model_dir: Path, train_sha256: str, device: str) -> dict:
@@ -143,18 +141,17 @@ def trajectory_identity(spec: RunSpec, model_dir: Path, train_sha256: str, devic
     and where it saves (``LENGTH_KEYS``), with the device and bf16 autocast as resolved on this machine
     ("auto" differs between CPUs), the base model's content, the training file's SHA-256, and the versions
     of the libraries that compute the step."""
-    import peft
     import torch
     import transformers
 
     from .models import model_fingerprint
 
     skip = set(TIMING_ONLY["finetune"]) | set(LENGTH_KEYS)
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.__dict__.items() if k not in skip}
-    settings.update(device=device, autocast=resolve_autocast(spec.autocast, device),
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.settings().items() if k not in skip}
+    settings.update(device=device, autocast=resolve_autocast(spec.step.autocast, device),
                     model_content=model_fingerprint(model_dir), train_sha256=train_sha256,
                     libraries={"torch": torch.__version__, "transformers": transformers.__version__,
-                               "peft": peft.__version__})
+                               "peft": peft_version()})
     return settings
 
 
@@ -233,41 +230,6 @@ def reconcile_saved_state(run_dir: Path, identity: dict, grid: list[int], max_st
         atomic_write_text(state_dir / IDENTITY_FILE, record)
 
 
-def build_adapter_model(base_model, method: str, rank: int, alpha: float, dropout: float, target_modules):
-    from peft import LoraConfig, get_peft_model
-
-    if method not in ("lora", "rslora"):
-        raise ValueError(f"finetune.methods: unknown method {method!r} (lora or rslora)")
-    config = LoraConfig(
-        r=int(rank),
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        use_rslora=(method == "rslora"),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base_model, config)
-
-
-def adapter_scalings(model) -> set[float]:
-    """The distinct scaling factors of every LoRA layer of a peft model."""
-    from peft.tuners.lora import LoraLayer
-
-    return {float(m.scaling["default"]) for m in model.modules() if isinstance(m, LoraLayer)}
-
-
-def count_trainable(model) -> int:
-    """Trainable parameters (adapters); embeddings are excluded even if something unfroze them."""
-    import torch
-
-    embedding_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if out_emb is not None:
-        embedding_params |= {id(p) for p in out_emb.parameters()}
-    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedding_params)
-
-
 def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: int, group_by_length: bool) -> list[list[int]]:
     """Example indices of each batch, a pure function of the arguments (so resuming replays it).
 
@@ -301,11 +263,10 @@ def batch_schedule(lengths: list[int], batch_size: int, seed: int, n_batches: in
 
 def _save_resume_state(state_dir: Path, model, optimizer, step: int, identity: str) -> None:
     import torch
-    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
-        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        weights = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
         save_file(weights, tmp / "adapter.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, "identity": identity}))
@@ -320,7 +281,6 @@ def _load_resume_state(state_dir: Path, model, optimizer) -> int:
     naming the file, rather than half-loaded or silently replaced by a restart from step 0.
     """
     import torch
-    from peft import set_peft_model_state_dict
 
     from .models import load_safetensors
 
@@ -338,7 +298,7 @@ def _load_resume_state(state_dir: Path, model, optimizer) -> int:
         weights = load_safetensors(resume / "adapter.safetensors", device=str(device), what="resume state adapter")
     except InputError as exc:
         raise InputError(f"{exc}; {advice}") from exc
-    set_peft_model_state_dict(model, weights)
+    set_adapter_state_dict(model, weights)
     try:
         bundle = torch.load(resume / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(bundle["optimizer"])
@@ -400,7 +360,7 @@ def train_run(
     options = spec.step_options(device)
     prepare_model(model, options)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, spec.lr, spec.adam_betas, spec.weight_decay, device, spec.fused_optimizer)
+    optimizer = make_optimizer(params, spec.lr, spec.adam_betas, spec.weight_decay, device, options.fused_optimizer)
     # The loss is looked up at each call, so a test can substitute this module's causal_lm_loss.
     runner = StepRunner(model, optimizer, params, options, device, spec.max_grad_norm,
                         loss_fn=lambda *a, **k: causal_lm_loss(*a, **k), row_capacity=spec.max_length)
@@ -479,7 +439,7 @@ def train_run(
         if path.name[5:].isdigit() and int(path.name[5:]) not in grid:
             shutil.rmtree(path)
     summary = {
-        **{k: v for k, v in spec.__dict__.items() if k not in ("target_modules", "adam_betas")},
+        **{k: v for k, v in spec.settings().items() if k not in ("target_modules", "adam_betas")},
         "target_modules": list(spec.target_modules),
         "adam_betas": list(spec.adam_betas),
         "model_dir": str(model_dir),

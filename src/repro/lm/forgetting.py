@@ -21,22 +21,22 @@ previous path bit for bit.
 vocabulary). When a batch's exceeds it, only the base model's last hidden states are kept and the
 output layer is reapplied for each checkpoint: no second decoder pass, identical numbers.
 
-``evaluate_per_checkpoint`` is the previous path, kept as the reference the one-pass results and the
-benchmark (benchmarks/lm_speed.py) are checked against: per checkpoint, the base distribution is read
-from a whole-corpus cache when it fits in ``max_cache_gb`` and recomputed per batch otherwise.
+The previous path, checkpoint after checkpoint, is the reference the one-pass results and the
+benchmark (benchmarks/lm_speed.py) are checked against; it lives beside the tests
+(``tests/reference_forgetting.py``), since no pipeline step runs it.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..faults import kill_point
 from ..io import atomic_open
+from .adapters import AdapterBank
 from .tokens import collate, encode_rows
 
 # Output-layer rows per vocabulary chunk: fp32 temporaries of a chunk stay near 256 MB whatever the
@@ -63,10 +63,6 @@ def soft_cross_entropy(base_logprobs, ft_logprobs, mask=None) -> dict[str, float
         "kl": float(kl.double().sum()),
         "n": int(torch.as_tensor(ce).numel()),
     }
-
-
-def _logits(model, ids, mask):
-    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
 
 
 def base_probs(logits):
@@ -96,7 +92,7 @@ def _dot(a, b):
 
 
 class ForgettingCorpus:
-    """One forgetting corpus with the base model's distribution (cached or recomputed)."""
+    """One forgetting corpus, tokenised and cut into batches."""
 
     def __init__(self, name: str, rows: list[dict], tokenizer, batch_size: int):
         lengths = {len(r["input_ids"]) for r in rows}
@@ -104,7 +100,6 @@ class ForgettingCorpus:
         self.examples = encode_rows(rows, tokenizer, max(lengths), what=f"forgetting corpus {name}")
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id
-        self.cache: list | None = None
 
     def batches(self, device):
         for lo in range(0, len(self.examples), self.batch_size):
@@ -116,161 +111,6 @@ class ForgettingCorpus:
 
     def n_positions(self) -> int:
         return sum(len(e.input_ids) for e in self.examples)
-
-    def prepare(self, model, max_cache_gb: float, vocab_size: int) -> None:
-        """Reference path: cache the whole corpus's base distribution when it fits in max_cache_gb."""
-        need_gb = self.n_positions() * vocab_size * 4 / 1e9
-        if need_gb > max_cache_gb:
-            self.cache = None
-            return
-        device = next(model.parameters()).device
-        cache = []
-        with torch.inference_mode(), model.disable_adapter():
-            for ids, mask in self.batches(device):
-                cache.append(base_distribution(_logits(model, ids, mask)))
-        self.cache = cache
-
-    def evaluate(self, model) -> dict[str, float]:
-        """Reference path: L_f of the model's active adapter (two forwards per batch without a cache)."""
-        device = next(model.parameters()).device
-        ce_sum = ent_sum = kl_sum = 0.0
-        n = 0
-        with torch.inference_mode():
-            for b, (ids, mask) in enumerate(self.batches(device)):
-                if self.cache is not None:
-                    probs, entropy = self.cache[b]
-                else:
-                    with model.disable_adapter():
-                        probs, entropy = base_distribution(_logits(model, ids, mask))
-                ce = cross_entropy_to(probs, _logits(model, ids, mask))
-                keep = mask.bool()
-                ce, entropy = ce[keep].double(), entropy[keep].double()
-                ce_sum += float(ce.sum())
-                ent_sum += float(entropy.sum())
-                kl_sum += float((ce - entropy).sum())
-                n += int(keep.sum())
-        return {
-            "loss_forget": ce_sum / n,
-            "base_entropy": ent_sum / n,
-            "kl_forget": kl_sum / n,
-            "forget_positions": n,
-        }
-
-
-class AdapterBank:
-    """Adapter weights of several checkpoints held on the model's device, swapped in by an in-place copy.
-
-    The copy targets are the tensors peft saves (get_peft_model_state_dict), which share storage with
-    the LoRA parameters, so a swap moves no module and allocates nothing.
-
-    With ``merge`` (default: when every adapted weight is fp32), a checkpoint's forward runs on merged
-    weights W + s B A, written into one scratch copy of the adapted weights, instead of peft's extra
-    low-rank branch: on the shared 2-core machine that branch cost 10-100% of a bare forward (many small
-    ops, each a thread barrier, the worse the busier the machine), merging costs one rank-r matmul per
-    weight per batch. fp32 rounds W + s B A at the
-    level of the unmerged sum; in bf16 it would round away most of an early checkpoint's update, so
-    lower precisions keep the branch.
-    """
-
-    def __init__(self, model, merge: bool | None = None):
-        from peft import get_peft_model_state_dict
-        from peft.tuners.lora import LoraLayer
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        self.model = model
-        self.targets = get_peft_model_state_dict(model)
-        params = {p.data_ptr() for p in model.parameters()}
-        aliased = [k for k, t in self.targets.items() if t.data_ptr() not in params]
-        if aliased:
-            raise RuntimeError(f"adapter tensors are copies, not the model's parameters: {aliased[:3]}")
-        self.weights: dict[int, list] = {}
-        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-        self._only_lora = all(isinstance(m, LoraLayer) for m in model.modules() if isinstance(m, BaseTunerLayer))
-        mergeable = all(
-            isinstance(m.base_layer, torch.nn.Linear) and not m.lora_variant and not m.fan_in_fan_out
-            and m.base_layer.weight.dtype == torch.float32
-            for m in self.layers
-        )
-        self.merge = mergeable if merge is None else merge
-        if self.merge and not mergeable:
-            raise ValueError("merge: only plain LoRA on fp32 nn.Linear weights is merged")
-        if self.merge:
-            self._base_weights = [m.base_layer.weight for m in self.layers]
-            self._merged_weights = [torch.nn.Parameter(torch.empty_like(w), requires_grad=False)
-                                    for w in self._base_weights]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.targets.values())
-
-    def add(self, step: int, weights: dict, source: str = "adapter") -> None:
-        missing = sorted(set(self.targets) - set(weights))
-        unexpected = sorted(set(weights) - set(self.targets))
-        if missing or unexpected:
-            raise RuntimeError(
-                f"{source}: adapter keys do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        self.weights[step] = [weights[k].to(device=t.device, dtype=t.dtype) for k, t in self.targets.items()]
-
-    def load(self, step: int, checkpoint_dir: Path) -> None:
-        from .models import load_safetensors
-
-        device = next(iter(self.targets.values())).device
-        self.add(step, load_safetensors(Path(checkpoint_dir) / "adapter_model.safetensors", device=str(device)),
-                 source=str(checkpoint_dir))
-
-    def is_base(self, step: int) -> bool:
-        """Whether the checkpoint's adapter adds nothing (every lora_B zero, as LoRA starts): its model is
-        the base model, bit for bit when merged (W + s*0*A = W) or through peft's branch (x + 0)."""
-        keys = list(self.targets)
-        if not all(".lora_A." in k or ".lora_B." in k for k in keys):
-            return False
-        return all(not bool(w.any()) for k, w in zip(keys, self.weights[step]) if ".lora_B." in k)
-
-    def activate(self, step: int) -> None:
-        """Copy a checkpoint's adapter into the LoRA parameters (the model as peft would run it)."""
-        with torch.no_grad():
-            for target, weight in zip(self.targets.values(), self.weights[step]):
-                target.copy_(weight)
-
-    @contextmanager
-    def base(self):
-        """The base model: adapters disabled."""
-        if not self._only_lora:
-            with self.model.disable_adapter():
-                yield
-            return
-        # What peft's disable_adapter() does for a LoRA-only model, without its check of the whole
-        # model's adapter status on every entry (a walk over all modules: 5 % of an evaluation on CPU).
-        for m in self.layers:
-            m.enable_adapters(False)
-        try:
-            yield
-        finally:
-            for m in self.layers:
-                m.enable_adapters(True)
-
-    @contextmanager
-    def applied(self, step: int):
-        """The model fine-tuned to checkpoint ``step`` (merged or through peft's branch)."""
-        self.activate(step)
-        if not self.merge:
-            yield
-            return
-        with torch.no_grad():
-            for m, w, merged in zip(self.layers, self._base_weights, self._merged_weights):
-                name = m.active_adapters[0]
-                torch.addmm(w, m.lora_B[name].weight, m.lora_A[name].weight, alpha=m.scaling[name], out=merged)
-                m.base_layer.weight = merged
-        try:
-            with self.base():
-                yield
-        finally:
-            for m, w in zip(self.layers, self._base_weights):
-                m.base_layer.weight = w
-
-    def clear(self) -> None:
-        self.weights.clear()
 
 
 def _hidden(model, ids, mask, keep):
@@ -434,12 +274,6 @@ def _load_peft(model_dir: Path, first_checkpoint: Path, device: str, dtype: str,
     return load_for_evaluation(base, first_checkpoint), tokenizer
 
 
-def _open_run(summary_path: Path, model_dir: Path, device: str, dtype: str, threads: int):
-    run_dir, summary, checkpoints, _ = _read_run(summary_path)
-    model, tokenizer = _load_peft(model_dir, checkpoints[min(checkpoints)], device, dtype, threads)
-    return run_dir, summary, checkpoints, model, tokenizer
-
-
 def _heldout_examples(heldout_rows, tokenizer, summary):
     heldout = encode_rows(heldout_rows, tokenizer, summary["max_length"], what="held-out data")
     # The mean is order-free; batching similar lengths together only removes padding work.
@@ -543,45 +377,5 @@ def evaluate_run(
             bank.clear()
         bar.close()
     rows = [results[s] for s in sorted(results)]
-    _write_csv(rows, out_csv)
-    return rows
-
-
-def evaluate_per_checkpoint(
-    summary_path: Path,
-    model_dir: Path,
-    heldout_rows: list[dict],
-    forgetting: dict[str, list[dict]],
-    out_csv: Path,
-    batch_size: int = 8,
-    max_cache_gb: float = 4.0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    threads: int = 2,
-    progress: bool = True,
-) -> list[dict]:
-    """The previous evaluation, checkpoint after checkpoint (reference for tests and benchmarks)."""
-    from peft import set_peft_model_state_dict
-    from tqdm.auto import tqdm
-
-    from .models import load_safetensors
-
-    run_dir, summary, checkpoints, model, tokenizer = _open_run(summary_path, model_dir, device, dtype, threads)
-    vocab = model.get_base_model().get_output_embeddings().weight.shape[0]
-    corpora = [ForgettingCorpus(name, rows, tokenizer, batch_size) for name, rows in forgetting.items()]
-    for corpus in corpora:
-        corpus.prepare(model, max_cache_gb, vocab)
-    heldout = _heldout_examples(heldout_rows, tokenizer, summary)
-
-    rows = []
-    dev = next(model.parameters()).device
-    for step in tqdm(sorted(checkpoints), desc=f"evaluating {run_dir.name}", disable=not progress):
-        weights = load_safetensors(checkpoints[step] / "adapter_model.safetensors", device=str(dev))
-        result = set_peft_model_state_dict(model, weights)
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise RuntimeError(f"{checkpoints[step]}: adapter keys do not match the model: {unexpected[:3]}")
-        loss_ft, n_ft = heldout_loss(model, heldout, tokenizer.pad_token_id, batch_size)
-        rows.append(_row(step, loss_ft, n_ft, [(c.name, c.evaluate(model)) for c in corpora]))
     _write_csv(rows, out_csv)
     return rows

@@ -66,6 +66,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+from .adapters import set_adapter_input_casting
 from .tokens import IGNORE, Example
 
 
@@ -288,21 +289,6 @@ def causal_lm_loss(model, input_ids, attention_mask, labels, fast: bool, *, posi
 
 # ----------------------------------------------------------------------------------------------
 # Model and optimizer
-
-
-def set_adapter_input_casting(model, enabled: bool) -> int:
-    """Switch peft's cast of each LoRA layer's input to the adapter's dtype; returns layers touched.
-
-    Off under autocast: the bf16 activations then reach the fp32 adapters unchanged and autocast runs
-    the adapter matmuls in bf16 (with the cast on, peft would upcast to fp32 first)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    n = 0
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = enabled
-            n += 1
-    return n
 
 
 def prepare_model(model, options: StepOptions) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .lm.runs import Run, format_lr
+from .runs import Run, format_lr
 
 SCHEMA = "repro-tracking/1"
 TAG_KEY = "repro.run_key"
@@ -163,8 +163,8 @@ def build_record(summary_path: Path, runs, runs_csv: Path = Path("runs.csv")) ->
     log_csv = run_dir / "train_log.csv"
     if not log_csv.is_file():
         raise TrackingError(f"{log_csv}: missing (run repro finetune first)")
-    from .io import InputError, read_table
-    from .lm.aggregate import TRAIN_LOG
+    from ..io import InputError, read_table
+    from .aggregate import TRAIN_LOG
 
     try:
         log = read_table(log_csv, TRAIN_LOG)
@@ -273,8 +273,8 @@ def track(summaries: list[Path], runs_csv: Path, uri: str, experiment: str, out:
     runs_csv = Path(runs_csv)
     if not runs_csv.is_file():
         raise TrackingError(f"{runs_csv}: missing (run repro aggregate first)")
-    from .io import InputError, read_table
-    from .lm.aggregate import RUNS_TABLE
+    from ..io import InputError, read_table
+    from .aggregate import RUNS_TABLE
 
     try:
         runs = read_table(runs_csv, RUNS_TABLE)
