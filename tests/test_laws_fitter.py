@@ -16,6 +16,9 @@ from workflow_helpers import repro_in_process
 from repro.laws.fits import bootstrap_power_law, fit_all, fit_linear_law, fit_power_law, fits_table
 from repro.laws.powerlaw import BOOTSTRAP_STARTS, FAMILIES, fit_family, to_raw_units
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("first", 1)
+
 TRUE = {
     "joint": {"E": 2.0, "A": 0.05, "alpha": 0.15, "beta": 0.35},
     "shifted": {"E": 2.0, "A": 0.05, "alpha": 0.15, "beta": 0.35, "N0": 0.5},

@@ -16,7 +16,7 @@ import yaml
 torch.set_num_threads(1)
 
 from repro.laws import rank_stability as rs  # noqa: E402
-from repro.laws.report import plot_rank_stability  # noqa: E402
+from repro.laws.figures import plot_rank_stability  # noqa: E402
 
 D = 128
 RANKS = [1, 2, 4, 8, 16, 32]  # r <= d_in / 4: the regime of the paper's claim
@@ -278,7 +278,7 @@ def test_cli_writes_primary_and_contrast(tmp_path, capsys):
     assert "primary (adam)" in capsys.readouterr().out
 
     # Every rank-stability number the paper's rsLoRA section quotes is written by `repro laws numbers`.
-    from repro.laws.report import rank_stability_macros
+    from repro.laws.numbers import rank_stability_macros
     from repro.report.numbers import Macros
 
     m = Macros("repro laws numbers")

@@ -44,14 +44,11 @@ def cmd_rank_stability(args) -> int:
 
     import pandas as pd
 
-    from ..config import ConfigError
     from .rank_stability import aggregate, fitted_slopes, simulate
 
+    # load_config ran laws.runs.check: the primary optimizer is one of the optimizers.
     cfg = load_config(args.configfile)["laws"]["rank_stability"]
     primary = cfg["primary_optimizer"]
-    if primary not in cfg["optimizers"]:
-        raise ConfigError(f"key 'laws.rank_stability.primary_optimizer': {primary!r} is not one of "
-                          f"laws.rank_stability.optimizers {cfg['optimizers']}")
     if max(cfg["ranks"]) > cfg["d_in"] // 2:
         # The closed forms and the paper's regime assume near-orthogonal rows of A, i.e. r well below d_in.
         print(f"warning: ranks up to {max(cfg['ranks'])} exceed d_in/2 = {cfg['d_in'] // 2}; "
@@ -132,7 +129,7 @@ def cmd_design(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .report import make_figures, plot_rank_stability
+    from .figures import make_figures, plot_rank_stability
 
     paths = make_figures(args.runs, args.steps, args.laws_dir / "fits", args.laws_dir / "curves.csv", args.out)
     if args.rank_stability:
@@ -149,7 +146,7 @@ def cmd_figures(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from .report import make_tables
+    from .tables import make_tables
 
     for p in make_tables(args.laws_dir / "fits", args.laws_dir / "gradnorm_spread.csv",
                          args.laws_dir / "early_stopping.csv", args.out):
@@ -158,7 +155,7 @@ def cmd_tables(args) -> int:
 
 
 def cmd_numbers(args) -> int:
-    from .report import make_numbers
+    from .numbers import make_numbers
 
     print(make_numbers(args.runs, args.laws_dir / "fits", args.laws_dir / "gradnorm_spread.csv",
                        args.rank_stability_slopes, args.out))

@@ -1,5 +1,5 @@
 """Names of the adapter scaling rules and optimizers of the rank-stability check, shared by the
-simulation (`rank_stability`) and its figures (`report`) without importing torch into the latter."""
+simulation (`rank_stability`) and its figures (`figures`) without importing torch into the latter."""
 
 SCALING_RULES = ("lora", "rslora", "constant")
 SCALING_LABEL = {

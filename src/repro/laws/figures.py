@@ -1,13 +1,12 @@
-"""Figures, LaTeX tables and number macros of the forgetting-law and rsLoRA studies.
+"""Figures of the forgetting-law and rsLoRA studies, each as a PDF (vector) and a PNG.
 
-Everything here reads the tidy tables (`runs.csv`, `steps.csv`) and what `repro laws fit` wrote (fit
-JSONs, `curves.csv`, gradient-norm and early-stopping tables); no fit is re-evaluated. Style, colours,
-LaTeX and macros come from the ground floor (`repro.report`).
+They read the tidy tables (`runs.csv`, `steps.csv`), what `repro laws fit` wrote (fit JSONs,
+`curves.csv`) and the moments of `repro laws rank-stability`; no fit is re-evaluated. Style and colours
+come from the ground floor (`repro.report.style`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -20,8 +19,6 @@ import pandas as pd  # noqa: E402
 
 from ..io import read_table  # noqa: E402
 from ..lm.aggregate import RUNS_TABLE, STEPS_TABLE  # noqa: E402
-from ..report.latex import fmt, tex_escape, to_latex, with_ci  # noqa: E402
-from ..report.numbers import Macros, macro_name  # noqa: E402
 from ..report.style import OKABE_ITO, STYLE, ordered_colours, save  # noqa: E402
 from . import schemas  # noqa: E402
 from .scalings import PRIMARY_OPTIMIZER, SCALING_LABEL, SCALING_RULES  # noqa: E402
@@ -29,14 +26,7 @@ from .schemas import load_fits  # noqa: E402
 
 METHOD_LABEL = {"lora": r"LoRA ($\gamma_r=\alpha/r$)", "rslora": r"rsLoRA ($\gamma_r=\alpha/\sqrt{r}$)"}
 TARGET_LABEL = {"loss_forget": r"forgetting $L_f$ (nats/token)", "loss_ft": r"fine-tuning loss $L_{ft}$ (nats/token)"}
-
-
 SCALING_COLOUR = {"lora": OKABE_ITO[0], "rslora": OKABE_ITO[1], "constant": OKABE_ITO[3]}
-
-
-
-
-# ------------------------------------------------------------------------------------------ figures
 
 
 def _groups(runs: pd.DataFrame):
@@ -371,245 +361,3 @@ def plot_rank_stability(
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small", frameon=False)
 
     return save(fig, Path(out_path_without_suffix), dpi=200)
-
-# ------------------------------------------------------------------------------------------ tables
-
-
-def linear_table(fits: list[dict]) -> pd.DataFrame:
-    rows = []
-    for f in fits:
-        if f.get("family") != "linear":
-            continue
-        ok = f.get("status") == "ok"
-        rows.append({
-            "dataset": tex_escape(f["dataset"]),
-            "method": f["method"],
-            "$n$": f["n"],
-            "runs": f.get("n_clusters", "--"),
-            "$a$": with_ci(f["params"]["a"], f["ci95"]["a"]) if ok else "--",
-            "$b$ (run-clustered)": with_ci(f["params"]["b"], f["ci95"]["b"]) if ok else "--",
-            "$b$ naive CI": with_ci(None, f.get("ci95_naive", {}).get("b")) if ok else "--",
-            "$b$ bootstrap CI": with_ci(None, f.get("ci95_bootstrap", {}).get("b")) if ok else "--",
-            "$R^2$": fmt(f.get("r2")),
-            "$p(b>0)$": fmt(f.get("p_value_b_positive"), 2),
-            "claim": f.get("claim_b_positive", tex_escape(f["status"])),
-        })
-    return pd.DataFrame(rows)
-
-
-def power_table(fits: list[dict]) -> pd.DataFrame:
-    rows = []
-    for f in fits:
-        if f.get("family") in (None, "linear"):
-            continue
-        ok = f.get("status") == "ok"
-        p, ci = f.get("params") or {}, f.get("ci95") or {}
-        rows.append({
-            "method": f["method"],
-            "target": {"loss_forget": "$L_f$", "loss_ft": "$L_{ft}$"}.get(f["target"], tex_escape(f["target"])),
-            "family": f["family"] + (" $\\star$" if f.get("chosen") else "")
-            + ("" if not ok or f.get("converged") else " (not converged)")
-            + (f" ({tex_escape(','.join(f['at_bound']))} at bound)" if ok and f.get("at_bound") else ""),
-            "$\\alpha$": with_ci(p.get("alpha"), ci.get("alpha")) if ok else "--",
-            "$\\beta$": with_ci(p.get("beta"), ci.get("beta")) if ok else "--",
-            "$E$": with_ci(p.get("E"), ci.get("E")) if ok else "--",
-            "AIC": fmt(f.get("aic"), 4) if ok else tex_escape(f["status"]),
-            "$R^2$": fmt(f.get("r2")),
-            "extrap. $N$": fmt(f.get("extrap_rmse_steps"), 2),
-            "extrap. $P$": fmt(f.get("extrap_rmse_rank"), 2),
-        })
-    return pd.DataFrame(rows)
-
-
-def gradnorm_table(spread: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "dataset": spread["dataset"].map(tex_escape),
-        "method": spread["method"],
-        "ranks": spread["ranks"],
-        "max/min mean grad norm": spread["ratio_max_min"].map(fmt),
-        "rank$_{\\min}$ / rank$_{\\max}$ norm": spread["ratio_lowest_to_highest_rank"].map(fmt),
-    })
-
-
-def early_stopping_table(matched: pd.DataFrame) -> pd.DataFrame:
-    if matched.empty:
-        return pd.DataFrame({"note": ["no L_ft level is reached by every rank"]})
-    pivot = matched.pivot_table(index=["method", "loss_ft"], columns="rank", values="loss_forget").reset_index()
-    pivot.columns = [f"$L_f$, r={c}" if isinstance(c, (int, float)) and c != "loss_ft" else c for c in pivot.columns]
-    pivot = pivot.rename(columns={"loss_ft": "matched $L_{ft}$"})
-    for c in pivot.columns[1:]:
-        pivot[c] = pivot[c].map(lambda v: fmt(v, 4))
-    return pivot
-
-
-def make_tables(fits_dir: Path, gradnorm_csv: Path, early_csv: Path, out_dir: Path) -> list[Path]:
-    fits = load_fits(fits_dir)
-    out_dir = Path(out_dir)
-    matched = read_table(early_csv, schemas.EARLY_STOPPING) if Path(early_csv).stat().st_size > 1 else pd.DataFrame()
-    return [
-        to_latex(linear_table(fits), out_dir / "linear_law.tex",
-                 "Inverse linear law $L_f = a - b\\,L_{ft}$ (OLS; 95\\% intervals from run-clustered errors, "
-                 "with the naive OLS and run-bootstrap intervals beside them; one-sided test of $b>0$ from the "
-                 "clustered errors with $t(G-1)$, $G$ runs).",
-                 "tab:linear-law"),
-        to_latex(power_table(fits), out_dir / "power_laws.tex",
-                 "Power-law fits of $L_f$ and $L_{ft}$ in $P$ and $N$ (Huber loss on log residuals from many "
-                 "starts; bootstrap 95\\% intervals over runs, every resample refitted the same way; "
-                 "$\\star$: lowest AIC; extrapolation RMSE on each run's held-out largest-$N$ checkpoint and "
-                 "on the held-out largest $P$).",
-                 "tab:power-laws"),
-        to_latex(gradnorm_table(read_table(gradnorm_csv, schemas.GRADNORM_SPREAD)), out_dir / "gradient_norms.tex",
-                 "Spread across ranks of the mean adapter gradient norm over training.", "tab:grad-norms"),
-        to_latex(early_stopping_table(matched), out_dir / "early_stopping.tex",
-                 "Forgetting of each rank at matched fine-tuning loss.", "tab:early-stopping"),
-    ]
-
-# ------------------------------------------------------------------------------------------ numbers
-
-
-def collect(runs: pd.DataFrame, fits: list[dict], spread: pd.DataFrame, stability: pd.DataFrame | None) -> Macros:
-    m = Macros("repro laws numbers")
-    datasets = list(dict.fromkeys(runs["dataset"]))
-    primary = datasets[0]
-    m.add("ModelName", tex_escape(runs["model"].iloc[0]))
-    m.add("NumRuns", int(runs.groupby(["dataset", "method", "rank", "lr", "seed"]).ngroups))
-    m.add("NumCheckpointRows", int(len(runs)))
-    m.add("MaxSteps", int(runs["step"].max()))
-    m.add("RankList", ", ".join(str(r) for r in sorted(runs["rank"].unique())))
-    m.add("MinTrainableParams", int(runs["trainable_params"].min()))
-    m.add("MaxTrainableParams", int(runs["trainable_params"].max()))
-
-    for f in fits:
-        qualifiers = [] if f["dataset"] == primary else [f["dataset"]]
-        method = f["method"]
-        if f["family"] == "linear":
-            stem = macro_name("Lin", *qualifiers, method)
-            m.add(stem + "Status", f["status"].replace("_", " "))
-            if f["status"] != "ok":
-                continue
-            m.add(stem + "Slope", f["params"]["b"])
-            m.add(stem + "SlopeLow", f["ci95"]["b"][0])
-            m.add(stem + "SlopeHigh", f["ci95"]["b"][1])
-            # The interval above is run-clustered; the naive OLS one is quoted to show the difference.
-            for kind, key in (("Naive", "ci95_naive"), ("Boot", "ci95_bootstrap")):
-                ci = (f.get(key) or {}).get("b")
-                if ci:
-                    m.add(stem + "Slope" + kind + "Low", ci[0])
-                    m.add(stem + "Slope" + kind + "High", ci[1])
-            m.add(stem + "Runs", f.get("n_clusters", 0))
-            m.add(stem + "Intercept", f["params"]["a"])
-            m.add(stem + "Rsq", f["r2"])
-            m.add(stem + "Pvalue", f["p_value_b_positive"], 2)
-            m.add(stem + "Claim", f["claim_b_positive"])
-            m.add(stem + "N", f["n"])
-            continue
-        target = {"loss_forget": "Forget", "loss_ft": "Ft"}[f["target"]]
-        if f.get("chosen"):
-            stem = macro_name("Pow", *qualifiers, target, method)
-            m.add(stem + "Family", f["family"])
-            m.add(stem + "Formula", f["formula"].replace("^", r"\^{}"))
-            for p in ("alpha", "beta", "E"):
-                if p in f["params"]:
-                    m.add(stem + macro_name(p), f["params"][p])
-                    ci = f.get("ci95", {}).get(p)
-                    if ci:
-                        m.add(stem + macro_name(p) + "Low", ci[0])
-                        m.add(stem + macro_name(p) + "High", ci[1])
-            m.add(stem + "Rsq", f["r2"])
-            m.add(stem + "ExtrapRmse", f["extrap_rmse_steps"], 2)
-            m.add(stem + "ExtrapRmseRank", f["extrap_rmse_rank"], 2)
-            m.add(stem + "Converged", "yes" if f.get("converged") else "no")
-            m.add(stem + "AtBound", ", ".join(f.get("at_bound") or []) or "none")
-            m.add(stem + "BootstrapOk", f.get("bootstrap_ok", 0))
-
-    for _, row in spread.iterrows():
-        qualifiers = [] if row["dataset"] == primary else [row["dataset"]]
-        if len(spread[(spread["dataset"] == row["dataset"]) & (spread["method"] == row["method"])]) > 1:
-            continue  # several lr/seed: the table has them; the text quotes only unambiguous numbers
-        m.add(macro_name("GradNormRatio", *qualifiers, row["method"]), row["ratio_max_min"])
-
-    if stability is not None and len(stability):
-        rank_stability_macros(m, stability)
-    return m
-
-
-def _slope_text(value) -> str:
-    """Two decimals (significant digits would print 1.044 and 1.050 both as 1); no "-0.00"."""
-    if value is None or not math.isfinite(float(value)):
-        return "n/a"
-    text = f"{float(value):.2f}"
-    return "0.00" if text == "-0.00" else text
-
-
-def rank_stability_macros(m: Macros, slopes: pd.DataFrame) -> None:
-    """Slopes of `repro laws rank-stability` at its last step (prefix RankStab).
-
-    Per scaling, measure and optimizer: ``RankStab<Scaling><Measure><Optimizer>Slope`` and, where the table
-    has them, ``...Low`` / ``...High`` (95 % interval), ``...Expected`` (closed form), ``...Verdict``
-    (flat / collapse / explode / inconclusive); per scaling the paper's claim ``RankStab<Scaling>Claim``;
-    and the setting: ``RankStabPrimaryOptimizer``, ``RankStabStep``, ``RankStabSeeds``,
-    ``RankStabFlatTolerance``, and ``RankStabReproduced`` (yes when every primary row's verdict is the
-    paper's claim, else no).
-    """
-    slopes = slopes[slopes["step"] == slopes["step"].max()]
-    for _, row in slopes.iterrows():
-        stem = macro_name("RankStab", row["scaling"], row.get("measure", ""), row.get("optimizer", ""))
-        if stem + "Slope" in m.items:
-            continue
-        m.add(stem + "Slope", _slope_text(row["slope"]))
-        for col, suffix in (("slope_low", "Low"), ("slope_high", "High"), ("expected_slope", "Expected")):
-            if col in row:
-                m.add(stem + suffix, _slope_text(row[col]))
-        if "verdict" in row:
-            m.add(stem + "Verdict", str(row["verdict"]))
-    if "paper_claim" in slopes:
-        for rule, claim in slopes.groupby("scaling", sort=False)["paper_claim"].first().items():
-            m.add(macro_name("RankStab", rule, "Claim"), str(claim) if isinstance(claim, str) else "n/a")
-    m.add("RankStabStep", int(slopes["step"].iloc[0]))
-    if "optimizer_role" in slopes:
-        primary = slopes[slopes["optimizer_role"] == "primary"]
-        if len(primary):
-            m.add("RankStabPrimaryOptimizer", {"adam": "Adam", "sgd": "SGD"}.get(primary["optimizer"].iloc[0],
-                                                                                 str(primary["optimizer"].iloc[0])))
-        rows = slopes[slopes["primary"].astype(bool)] if "primary" in slopes else primary
-        if len(rows) and "reproduces" in rows:
-            m.add("RankStabReproduced", "yes" if rows["reproduces"].astype(bool).all() else "no")
-    if "n_init_seeds" in slopes:
-        m.add("RankStabSeeds", int(slopes["n_init_seeds"].iloc[0]))
-    if "flat_tolerance" in slopes:
-        m.add("RankStabFlatTolerance", float(slopes["flat_tolerance"].max()), 2)
-
-
-def eval_macros(m: Macros, runs: pd.DataFrame) -> None:
-    """Base vs most-forgetting checkpoint, per benchmark metric and for the refusal rate (prefix Eval).
-
-    The most-forgetting checkpoint is the evaluated fine-tuned checkpoint with the largest L_f.
-    """
-    scores = [c for c in runs.columns if c.startswith("task_") and not c.endswith(("_stderr", "_n"))]
-    if "refusal_rate" in runs:
-        scores.append("refusal_rate")
-    evaluated = runs[runs[scores].notna().any(axis=1)] if scores else runs.iloc[:0]
-    base, tuned = evaluated[evaluated["step"] == 0], evaluated[evaluated["step"] > 0]
-    if base.empty or tuned.empty:
-        return
-    base, worst = base.iloc[0], tuned.loc[tuned["loss_forget"].idxmax()]
-    m.add("EvalForgotMethod", str(worst["method"]))
-    m.add("EvalForgotRank", int(worst["rank"]))
-    m.add("EvalForgotStep", int(worst["step"]))
-    m.add("EvalForgotLf", float(worst["loss_forget"]))
-    m.add("EvalBaseLf", float(base["loss_forget"]))
-    for col in scores:
-        stem = "Refusal" if col == "refusal_rate" else macro_name(col.removeprefix("task_"))
-        for where, row in (("Base", base), ("Forgot", worst)):
-            m.add(f"Eval{stem}{where}", float(row[col]))
-            if col + "_stderr" in runs:
-                m.add(f"Eval{stem}{where}Stderr", float(row[col + "_stderr"]), 2)
-
-
-def make_numbers(runs_csv: Path, fits_dir: Path, spread_csv: Path, stability_csv: Path | None, out: Path) -> Path:
-    runs = read_table(runs_csv, RUNS_TABLE)
-    fits = load_fits(fits_dir)
-    stability = read_table(stability_csv, schemas.RANK_STABILITY_SLOPES) if stability_csv else None
-    macros = collect(runs, fits, read_table(spread_csv, schemas.GRADNORM_SPREAD), stability)
-    eval_macros(macros, runs)
-    return macros.write(out)
