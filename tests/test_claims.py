@@ -194,7 +194,7 @@ def test_erosion_is_judged_against_the_base_score_with_its_error():
 
 @pytest.fixture(scope="module")
 def teb_tables(tmp_path_factory):
-    from repro.teb.report import aggregate
+    from repro.teb.aggregate import aggregate
 
     out = tmp_path_factory.mktemp("teb")
     evals = sorted((TEB_FIXTURE / "evals").glob("*/seed*.csv"))

@@ -157,6 +157,31 @@ def test_named_classes_have_their_published_shape():
     assert (cw.n, len(cw), vc_dimension(cw)) == (5, 10, 2)
 
 
+def test_named_class_names_are_the_ones_the_schema_and_the_rule_accept():
+    """named.py holds the names; the config schema and the named rule's wildcard cannot import them."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from repro.compression.named import NAME_PATTERN, NAMES_HELP
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "src/repro/schemas/compression.schema.yaml").read_text())["properties"]
+    assert schema["named"]["properties"]["classes"]["items"]["pattern"] == NAME_PATTERN
+    assert schema["compactness"]["properties"]["classes"]["items"]["pattern"] == NAME_PATTERN
+    rule = (repo / "workflow/rules/compression.smk").read_text()
+    assert f'name=r"{NAME_PATTERN[2:-2]}"' in rule
+    *literal, cubes = NAME_PATTERN[2:-2].split("|")
+    assert literal == ["warmuth", "kw-maximal", "kw-table1", "kw-table2", "kw-maximum"] and cubes == "cube[1-6]"
+    assert NAMES_HELP == ", ".join(literal) + ", cube1..cube6"
+    for name in literal + [f"cube{m}" for m in range(1, 7)]:
+        assert re.fullmatch(NAME_PATTERN, name) and len(named_class(name)) > 0
+    for bad in ("cube0", "cube7", "cube10", "warmuth ", "Warmuth", "cube1\n"):
+        with pytest.raises(CompressionInputError, match="unknown named class .*; known: kw-maximal, .*cube1..cube6"):
+            named_class(bad)
+
+
 @pytest.mark.parametrize(
     "text, where",
     [

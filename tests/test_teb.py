@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 from workflow_helpers import repro_in_process
 
-from repro.config import section_defaults
+from repro.config import load_config, section_defaults
 from repro.teb.estimators import gaussian_te, ksg_te
 from repro.teb.exact import closed_form_te1, exact_te, exact_te_inf, exact_te_reverse
-from repro.teb.runs import task_specs
+from repro.teb.runs import (
+    NO_BETA,
+    READS_SOURCE,
+    STOCHASTIC,
+    VARIANTS,
+    default_beta,
+    task_names,
+    task_runs,
+    task_specs,
+)
 from repro.teb.tasks import ar_windows, make_task, simulate_ar, tensor_digest
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 8)
+
 torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
 
 AR = dict(a=0.8, b=0.3, c=0.3, sigma_x=1.0, sigma_y=0.5)
 
@@ -166,6 +185,63 @@ def test_switch_events_are_announced_by_the_source():
     dis = n["train"]["y"].float()[:, -5:, :, 1, 1] / 255
     twins = (src[:, :, None] == dis[:, None]).all(-1).any(-1)  # [n, distractors + 1]
     assert (twins.sum(1) >= 5).all()
+
+
+# ---------------------------------------------------------------------------------------- run plan
+
+
+def _plans() -> dict[str, dict]:
+    default = load_config(REPO / "config.yaml")["teb"]
+    no_bottleneck = copy.deepcopy(default)
+    no_bottleneck["variants"] = ["deterministic", "joint"]  # only the swept tasks train a bottleneck model
+    return {"default": default, "test preset": load_config(REPO / "presets" / "test.yaml")["teb"],
+            "no bottleneck variant": no_bottleneck}
+
+
+def _evaluation_rows(teb: dict) -> pd.DataFrame:
+    """What teb eval writes for every task and seed, in its order: the target-only model, then the task's
+    runs at the beta their folders name."""
+    rows = []
+    for task in task_names(teb):
+        for seed in teb["seeds"]:
+            runs = [("target", NO_BETA), *task_runs(teb, task)]
+            rows += [{"task": task, "variant": v, "beta": math.nan if b == NO_BETA else float(b), "seed": seed}
+                     for v, b in runs]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("plan", ["default", "test preset", "no bottleneck variant"])
+def test_the_aggregate_finds_each_tasks_default_beta_in_the_evaluations(plan):
+    """The aggregate is not given the config: the order of the evaluations' rows must lead it to the
+    config's default beta."""
+    from repro.teb.aggregate import default_betas
+
+    teb = _plans()[plan]
+    found = default_betas(_evaluation_rows(teb))
+    assert set(found) == set(task_names(teb))
+    for task in task_names(teb):
+        expected = default_beta(teb, task)
+        if set(teb["variants"]) & set(STOCHASTIC):
+            assert expected == task_specs(teb)[task]["betas"][0]
+        elif task in teb["beta_sweep"]["tasks"]:
+            assert expected == teb["beta_sweep"]["betas"][0]
+        else:
+            assert expected is None
+        assert found[task] == (None if expected is None else pytest.approx(expected, rel=1e-5))
+
+
+def test_variant_sets_are_the_ones_the_schema_the_rules_and_the_cli_accept():
+    from repro.cli import build_parser
+
+    schema = yaml.safe_load((REPO / "src/repro/schemas/teb.schema.yaml").read_text())["properties"]
+    assert tuple(schema["variants"]["items"]["enum"]) == READS_SOURCE
+    assert tuple(schema["beta_sweep"]["properties"]["variants"]["items"]["enum"]) == STOCHASTIC
+    assert VARIANTS == ("target", *READS_SOURCE)
+    assert f'variant=r"{"|".join(READS_SOURCE)}"' in (REPO / "workflow/rules/teb.smk").read_text()
+    parser = build_parser()
+    for word in ("teb", "train"):
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    assert tuple(next(a for a in parser._actions if "--variant" in a.option_strings).choices) == VARIANTS
 
 
 # ---------------------------------------------------------------------------------------- training

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..teb.runs import default_beta
 from .across_runs import mean_interval
 from .ledger import Claim, Measurement, above, covers
 
@@ -30,12 +31,6 @@ CONTEXT = Claim("teb-from-context", "TEB", "TEB from context reuses a trained ta
                 "recovers.", f"{SOURCE}, Sec. 3.3", "95% interval (over seeds, paired) of lower bound TEB - TEB_0 "
                 "above -0.1 nats", above(-0.1), "tab:teb-tasks", needs_seeds=2)
 CLAIMS = (AR_BOUND, LOWER_BOUND, BOTTLENECK, CONTEXT)
-
-
-def default_beta(teb_cfg: dict, task: str) -> float:
-    from ..teb.runs import task_specs
-
-    return float(task_specs(teb_cfg)[task]["betas"][0])
 
 
 def _at(df: pd.DataFrame, task: str, variant: str, beta: float | None) -> pd.DataFrame:

@@ -3,8 +3,8 @@
 User commands (no config needed):
 
     repro compression count-maximum --n 5 --d 2          # prints 97536
-    repro compression exists --class C.txt --kind unlabeled --size 2 [--proper] [--show]
-    repro compression info --class C.txt
+    repro compression exists --class examples/C.txt --kind unlabeled --size 2 [--proper] [--show]
+    repro compression info --class examples/C.txt
 
 Pipeline commands (what the Snakemake rules run; each reads --configfile):
 enumerate, schemes, verify, named, compactness, tables.
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import CompressionInputError
+from .named import NAMES_HELP
 
 
 def _guard(func):
@@ -209,7 +210,7 @@ def register(sub) -> None:
 
     p = cmds.add_parser("named", help="scheme existence by kind and size for a named class")
     config_opt(p)
-    p.add_argument("--name", required=True, help="warmuth, kw-maximal, kw-table1, kw-table2, kw-maximum, cube1..cube6")
+    p.add_argument("--name", required=True, help=NAMES_HELP)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--schemes-out", type=Path, required=True)
     p.set_defaults(func=cmd_named)

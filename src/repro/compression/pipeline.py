@@ -62,10 +62,6 @@ def compression_config(configfile: str | Path | None = None) -> dict:
     return section_defaults("compression")
 
 
-def shapes(n_max: int) -> list[tuple[int, int]]:
-    return [(n, d) for n in range(1, n_max + 1) for d in range(0, n + 1)]
-
-
 def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

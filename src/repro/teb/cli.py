@@ -9,22 +9,14 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from .runs import STOCHASTIC, VARIANTS, data_settings, parse_beta, task_specs
 
 
 def _teb_config(path: Path) -> dict:
-    from .runs import check_sweep_tasks
-
-    teb = load_config(path)["teb"]
-    try:
-        check_sweep_tasks(teb)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return teb
+    return load_config(path)["teb"]
 
 
 def _spec(teb: dict, task: str) -> dict:
-    from .runs import task_specs
-
     specs = task_specs(teb)
     if task not in specs:
         raise ConfigError(f"--task {task!r} is not an enabled teb task (enabled: {', '.join(specs) or 'none'})")
@@ -35,7 +27,6 @@ def cmd_data(args) -> int:
     import torch
 
     from ..io import atomic_path, atomic_write_text
-    from .runs import data_settings
     from .tasks import describe, make_task, tensor_digest
 
     teb = _teb_config(args.configfile)
@@ -57,7 +48,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .runs import parse_beta
     from .train import load_data, train_run
 
     teb = _teb_config(args.configfile)
@@ -70,7 +60,7 @@ def cmd_train(args) -> int:
         beta = parse_beta(args.beta)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if args.variant in ("teb", "teb0") and beta is None:
+    if args.variant in STOCHASTIC and beta is None:
         raise ConfigError(f"--variant {args.variant} needs --beta")
     if args.variant == "teb" and args.target is None:
         raise ConfigError("--variant teb (TEB from context) needs --target, the trained target-only model directory")
@@ -85,7 +75,6 @@ def cmd_eval(args) -> int:
     import torch
 
     from .evaluate import evaluate_task
-    from .runs import parse_beta
     from .train import load_data
 
     teb = _teb_config(args.configfile)
@@ -95,7 +84,7 @@ def cmd_eval(args) -> int:
     runs = {}
     for run in args.runs:
         meta = json.loads((Path(run) / "summary.json").read_text())
-        runs[(meta["variant"], parse_beta(None if meta["beta"] is None else str(meta["beta"])))] = Path(run)
+        runs[(meta["variant"], meta["beta"])] = Path(run)
     info = json.loads(Path(args.manifest).read_text())["info"]
     df = evaluate_task(args.task, spec["kind"], data, runs, args.target, teb["train"]["eval_samples"],
                        teb["train"]["prior_samples"], args.seed, spec=spec, info=info, bound=teb["bound"])
@@ -127,7 +116,7 @@ def cmd_estimators(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from .report import aggregate
+    from .aggregate import aggregate
 
     paths = aggregate(args.evals, args.estimators or [], args.manifests, args.out_dir)
     for name, p in paths.items():
@@ -142,7 +131,7 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .report import make_figures
+    from .figures import make_figures
 
     for p in make_figures(args.teb_dir, args.out):
         print(p)
@@ -150,7 +139,7 @@ def cmd_figures(args) -> int:
 
 
 def cmd_tables(args) -> int:
-    from .report import make_tables
+    from .tables import make_tables
 
     for p in make_tables(args.teb_dir, args.out):
         print(p)
@@ -158,7 +147,7 @@ def cmd_tables(args) -> int:
 
 
 def cmd_numbers(args) -> int:
-    from .report import make_numbers
+    from .numbers import make_numbers
 
     print(make_numbers(args.teb_dir, args.out))
     return 0
@@ -203,7 +192,7 @@ def register(sub) -> None:
     cfg(p)
     p.add_argument("--task", required=True)
     p.add_argument("--data", required=True, type=Path, help="the task's data.pt")
-    p.add_argument("--variant", required=True, choices=["target", "teb", "teb0", "deterministic", "joint"])
+    p.add_argument("--variant", required=True, choices=VARIANTS)
     p.add_argument("--beta", help="weight of the summed NLL against the KL term (teb, teb0); 'none' otherwise")
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--target", type=Path, help="trained target-only model directory (needed by teb)")

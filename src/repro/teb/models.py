@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runs import STOCHASTIC  # one definition, in the torch-free run plan
+from .runs import STOCHASTIC, VARIANTS  # one definition, in the torch-free run plan
 
-VARIANTS = ("target", "teb", "teb0", "deterministic", "joint")
 LOG_2PI = math.log(2 * math.pi)
 
 

@@ -8,9 +8,15 @@ seed): the rules fingerprint it, so one more beta or seed trains only the new mo
 
 from __future__ import annotations
 
+import math
+
 NO_BETA = "none"
 # Variants with a stochastic bottleneck, trained at a beta (the others have none).
 STOCHASTIC = ("teb", "teb0")
+# Every model that reads the source stream: all but the target-only model.
+READS_SOURCE = (*STOCHASTIC, "deterministic", "joint")
+# The target-only model comes first: it is always trained, and the others' gains are measured against it.
+VARIANTS = ("target", *READS_SOURCE)
 # Keys of a task's section that set how its models train, not what its data are.
 TASK_TRAINING_KEYS = ("enabled", "betas", "epochs", "target_epochs", "batch_size")
 # teb.train keys that only the evaluation reads, or that only change what is shown.
@@ -63,28 +69,44 @@ def ar_task_names(teb: dict) -> list[str]:
     return [n for n, s in task_specs(teb).items() if s["kind"] == "ar"]
 
 
-def task_runs(teb: dict, task: str) -> list[tuple[str, str]]:
-    """(variant, beta string) of every source model trained on ``task`` (target-only excluded)."""
+def task_models(teb: dict, task: str) -> list[tuple[str, float | None]]:
+    """(variant, beta) of every source model trained on ``task``, in the order ``teb eval`` writes them:
+    each variant of teb.variants (the bottleneck ones at each of the task's betas), then the beta sweep."""
     specs = task_specs(teb)
     if task not in specs:
         raise ValueError(f"unknown TEB task {task!r} (enabled: {', '.join(specs) or 'none'})")
-    runs: list[tuple[str, str]] = []
+    models: list[tuple[str, float | None]] = []
     for variant in teb["variants"]:
         if variant in STOCHASTIC:
-            runs += [(variant, format_beta(b)) for b in specs[task]["betas"]]
+            models += [(variant, b) for b in specs[task]["betas"]]
         else:
-            runs.append((variant, NO_BETA))
+            models.append((variant, None))
     sweep = teb["beta_sweep"]
     if task in sweep["tasks"]:
-        runs += [(v, format_beta(b)) for v in sweep["variants"] for b in sweep["betas"]]
-    return list(dict.fromkeys(runs))
+        models += [(v, b) for v in sweep["variants"] for b in sweep["betas"]]
+    return models
 
 
-def check_sweep_tasks(teb: dict) -> None:
-    known = set(task_specs(teb))
-    bad = [t for t in teb["beta_sweep"]["tasks"] if t not in known]
-    if bad:
-        raise ValueError(f"key 'teb.beta_sweep.tasks': {bad} are not enabled tasks (enabled: {', '.join(sorted(known))})")
+def task_runs(teb: dict, task: str) -> list[tuple[str, str]]:
+    """(variant, beta string) of every source model trained on ``task`` (target-only excluded), each once."""
+    return list(dict.fromkeys((variant, format_beta(beta)) for variant, beta in task_models(teb, task)))
+
+
+def first_bottleneck_beta(models) -> float | None:
+    """A task's default beta, where its tables compare the models: the beta of its first bottleneck model
+    in evaluation order, from (variant, beta) pairs in that order (a beta of None or NaN is skipped)."""
+    for variant, beta in models:
+        if variant in STOCHASTIC and beta is not None and not math.isnan(float(beta)):
+            return float(beta)
+    return None
+
+
+def default_beta(teb: dict, task: str) -> float | None:
+    """The default beta of ``task``: its ``betas[0]``, or the sweep's first beta when teb.variants trains no
+    bottleneck model; None when no bottleneck model trains on it. The aggregate is not given the config:
+    it finds this beta (as the run's folder name rounds it) by ``first_bottleneck_beta`` over the rows of
+    the evaluations, which ``teb eval`` writes in ``task_models`` order."""
+    return first_bottleneck_beta(task_models(teb, task))
 
 
 def task_epochs(teb: dict, spec: dict, which: str) -> int:

@@ -172,8 +172,6 @@ def train_run(teb: dict, spec: dict, data: dict, variant: str, beta, seed: int, 
         if target_dir is None:
             raise ValueError("--target is required for variant teb")
         target = load_model(target_dir, data)
-    if variant in STOCHASTIC and beta is None:
-        raise ValueError(f"variant {variant} needs --beta")
     net = build(variant, data, mcfg, target)
     if variant != "teb":  # TEB from context starts from the trained target model's decoder
         net.start_output_variance(as_float(data["train"]["target"]))
