@@ -94,29 +94,32 @@ def slurm(tmp_path_factory):
 
 
 
-# Under pytest-xdist (make test) a module's tests run on one worker, modules in this order. The longest
-# chain goes first: the SLURM test builds the shared test-preset run and then waits on its cluster jobs,
-# while the other worker takes the long CPU-bound modules; modules that read the shared run come last,
-# when it is ready. Within those two groups the long modules go first (longest processing time first),
-# so that the suite ends on short modules and neither worker waits long for the other at the end. Run
-# alone, the order changes nothing.
-FIRST_MODULES = ("test_slurm.py", "test_laws_fitter.py", "test_compression_enumeration.py",
-                 "test_compression_sat.py", "test_step.py")
-# 20-40 s each in a fresh clone on two cores (pytest --durations), longest first. A worker is sent its next
-# module while two tests of its current one are left, so test_paper (two tests) brings test_workflow along
-# on its worker, while the other runs test_tracking and then the short modules: about 60 s against 50 s.
-LONG_MODULES = ("test_tracking.py", "test_paper.py", "test_workflow.py", "test_default_model.py", "test_data.py",
-                "test_envs.py", "test_report.py", "test_wheel.py", "test_teb.py")
+# Under pytest-xdist (make test) a module's tests run on one worker, modules in the order below, set by
+# each module's `pytestmark = pytest.mark.schedule(group, rank)` (so renaming a file reorders nothing).
+# Group "first", in rank order: the longest chain goes first (the SLURM test builds the shared test-preset
+# run and then waits on its cluster jobs, while the other worker takes the long CPU-bound modules). Group
+# "long": modules of 20-40 s in a fresh clone on two cores (pytest --durations), longest first (rank 0),
+# so that the suite ends on short modules and neither worker waits long for the other. Modules that read
+# the shared run (the test_preset_run fixture) come after the others, when it is ready. Run alone, the
+# order changes nothing.
+SCHEDULE_GROUPS = ("first", "long")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "schedule(group, rank): where a module runs under pytest-xdist "
+                                       "(group 'first' or 'long', rank 0 first; see tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(config, items):
-    reads_shared_run = {item.path.name for item in items if "test_preset_run" in getattr(item, "fixturenames", ())}
+    reads_shared_run = {item.path for item in items if "test_preset_run" in getattr(item, "fixturenames", ())}
 
     def rank(item):
-        name = item.path.name
-        if name in FIRST_MODULES:
-            return (FIRST_MODULES.index(name),)
-        long_first = LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
-        return (len(FIRST_MODULES) + (name in reads_shared_run), long_first)
+        mark = item.get_closest_marker("schedule")
+        group, position = mark.args if mark else ("", 0)
+        if group not in ("", *SCHEDULE_GROUPS):
+            raise pytest.UsageError(f"{item.path.name}: schedule group {group!r} is not one of {SCHEDULE_GROUPS}")
+        if group == "first":
+            return (0, position)
+        return (1 + (item.path in reads_shared_run), 0 if group == "long" else 1, position)
 
     items.sort(key=rank)  # stable: the order inside a module and within a rank is kept

@@ -109,7 +109,7 @@ def _in(module: str, prefixes) -> bool:
 def test_the_walker_sees_relative_lazy_and_package_imports():
     graph = import_graph()
     assert "repro.lm.runs" in graph["repro.lm.finetune"]  # from .runs import ... at module level
-    assert "repro.laws.report" in graph["repro.laws.cli"]  # inside a function
+    assert "repro.laws.figures" in graph["repro.laws.cli"]  # inside a function
     assert "repro.compression" in graph["repro.compression.pipeline"]  # from . import name (the package)
     assert "repro.cluster.shapes" in graph["repro.cluster.resources"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -123,21 +123,26 @@ def test_no_import_cycles():
 def test_ground_floors_import_no_study(floor):
     graph = import_graph()
     upward = {m: sorted(d for d in deps if _in(d, STUDIES)
-                        or _in(d, ("repro.cluster", "repro.paper", "repro.provenance", "repro.cli", "repro.studies")))
+                        or _in(d, ("repro.cluster", "repro.paper", "repro.provenance", "repro.cli")))
               for m, deps in graph.items() if _in(m, (floor,))}
     assert {m: d for m, d in upward.items() if d} == {}
 
 
 def test_every_study_registers_its_check_with_the_validator():
-    """config.py imports no study (above), yet validate_config runs each study's check."""
-    from repro import config, studies
+    """config.py imports no study (above), yet validate_config runs each study's check: every study's
+    runs.check is an entry point of the group the validator reads (pyproject.toml)."""
+    import tomllib
+
+    from repro import config
     from repro.compression.runs import check as compression
     from repro.laws.runs import check as laws
     from repro.lm.runs import check as lm
     from repro.teb.runs import check as teb
 
-    assert {lm, laws, teb, compression} <= set(studies.STUDY_CHECKS) <= set(config.CHECKS)
-    assert "repro.studies" in import_graph()["repro"]  # loaded with the package, before any validation
+    assert {lm, laws, teb, compression} <= set(config.registered_checks())
+    declared = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]["entry-points"][config.CHECKS_GROUP]
+    assert {f"{study.removeprefix('repro.')}" for study in STUDIES} <= set(declared)
+    assert all(target.split(":")[0].endswith((".runs", ".memory")) for target in declared.values())
 
 
 def test_cluster_shapes_are_its_bottom():

@@ -23,6 +23,9 @@ from repro.lm.data import (
     write_jsonl,
 )
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 4)
+
 SPEC = {"max_train": 50, "max_heldout": 10, "heldout_percent": 10, "max_answer_chars": 300}
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 5)
+
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = r'''

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from workflow_helpers import REPO, snakemake
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 1)
+
 needs_tex = pytest.mark.skipif(not all(shutil.which(t) for t in ("latexmk", "pdflatex", "bibtex")),
                                reason="TeX not installed (apt-get install texlive-latex-recommended latexmk)")
 

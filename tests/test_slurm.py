@@ -19,7 +19,7 @@ from workflow_helpers import REPO, snakemake
 
 from repro.lm.runs import planned_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.schedule("first", 0)]
 
 
 def _scontrol_job(job_id: int) -> str:

@@ -15,6 +15,9 @@ from workflow_helpers import snakemake as _snakemake
 
 from repro.lm.aggregate import REQUIRED_COLUMNS
 
+# Where this module runs under pytest-xdist (tests/conftest.py): a marker, so renaming the file changes nothing.
+pytestmark = pytest.mark.schedule("long", 2)
+
 
 def _check_latex_fragment(text: str) -> None:
     """Compile with pdflatex when a TeX engine is present; otherwise check the structure parses."""

@@ -124,21 +124,27 @@ def _extend_with_defaults(validator_class):
 _DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator)
 
 
-# Cross-key checks that the schema cannot express, one per study (and one for the cluster requests),
-# registered by the studies themselves (repro.studies, loaded with the package): this module imports no
-# study, and a study's check lives beside the run plan it guards.
-CHECKS: list[Callable[[dict], list[str]]] = []
+# Cross-key checks that the schema cannot express, one per study (and one for the cluster requests).
+# Each lives beside the run plan it guards (<study>/runs.py) and is registered as an entry point of the
+# group below in pyproject.toml, so this module imports no study.
+CHECKS_GROUP = "repro.config_checks"
 
 
-def register_check(check: Callable[[dict], list[str]]) -> None:
-    """Add a check run by ``validate_config``: a function of the validated config returning one message
-    per error, each naming its key."""
-    if check not in CHECKS:
-        CHECKS.append(check)
+@functools.cache
+def registered_checks() -> tuple[Callable[[dict], list[str]], ...]:
+    """The studies' checks, in the order of their entry-point names; refused when none is registered
+    (the package is not installed, so no study's check could run)."""
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=CHECKS_GROUP), key=lambda ep: ep.name)
+    if not found:
+        raise ConfigError(f"no configuration checks registered under {CHECKS_GROUP!r}: the repro package is not "
+                          "installed (make setup), so the studies' cross-key checks cannot run")
+    return tuple(ep.load() for ep in found)
 
 
 def _semantic_errors(cfg: dict) -> list[str]:
-    return [message for check in CHECKS for message in check(cfg)]
+    return [message for check in registered_checks() for message in check(cfg)]
 
 
 def validate_config(config: dict, schema_path: Path | None = None, source: str = "config") -> dict:
