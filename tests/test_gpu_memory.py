@@ -215,3 +215,20 @@ def test_gpu_preset_fits_an_h100():
     assert gpu_fit_errors(cfg) == []
     assert {choose_gpu(cfg, r) for r in cfg["finetune"]["ranks"]} == {"H100"}
     assert job_memory(cfg, max(cfg["finetune"]["ranks"])).total_gpu < 20e9
+
+
+def test_a_gpu_model_of_unknown_shape_is_refused_until_the_config_states_its_shape():
+    from repro.cluster.shapes import LLAMA2_7B
+    from repro.config import ConfigError, validate_config
+
+    raw = yaml.safe_load((REPO / "presets" / "paper.yaml").read_text())
+    raw["model"] = {**raw["model"], "name": "my-llama", "hf_repo": "someone/unknown-7b"}
+    with pytest.raises(ConfigError, match=r"model\.shape"):
+        validate_config(copy.deepcopy(raw))
+    # The same architecture stated in the config is sized like the known Llama-2-7B.
+    raw["model"]["shape"] = {"parameters": LLAMA2_7B.parameters, "hidden_size": 4096, "intermediate_size": 11008,
+                             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                             "vocab_size": 32000}
+    cfg = validate_config(raw)
+    known = validate_config(yaml.safe_load((REPO / "presets" / "paper.yaml").read_text()))
+    assert job_memory(cfg, 2048) == job_memory(known, 2048)

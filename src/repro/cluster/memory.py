@@ -339,14 +339,14 @@ def gpu_fit_errors(cfg: dict) -> list[str]:
     """One message per rank of a cuda config whose fine-tuning job fits none of ``cluster.gpus``.
 
     A CPU config has no GPU to fit. A model whose architecture is not known before download cannot be
-    sized; the cluster requests (``repro.cluster.resources``) stop on it and name what to add.
+    sized: refused, naming ``model.shape``.
     """
     if cfg.get("device") != "cuda":
         return []
     try:
         shape = model_shape(cfg["model"])
-    except KeyError:
-        return []
+    except KeyError as exc:  # a GPU job that cannot be sized is refused here, not after it has queued
+        return [f"key 'model.shape': {exc.args[0]}"]
     gpus = allowed_gpus(cfg)
     largest = max(gpus, key=lambda g: GPU_MEMORY_GB[g])
     errors = []

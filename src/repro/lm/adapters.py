@@ -16,7 +16,7 @@ autocast with peft's input casting switched off (``set_adapter_input_casting``):
 rounds the fp32 adapter weights and the activations to bf16 at each matmul and accumulates in fp32;
 here the weights are rounded once when loaded, the activations are bf16 already, and the matmul
 accumulates the same way. What it changes in L_f and KL against fp32 is measured by
-``benchmarks/eval_precision.py`` (README, "Evaluation precision").
+``benchmarks/eval_precision.py`` (README, "Evaluation at GPU speed").
 
 With an fp32 base nothing changes: adapters and base are fp32, as before, bit for bit.
 """
