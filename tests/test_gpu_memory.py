@@ -232,3 +232,17 @@ def test_a_gpu_model_of_unknown_shape_is_refused_until_the_config_states_its_sha
     cfg = validate_config(raw)
     known = validate_config(yaml.safe_load((REPO / "presets" / "paper.yaml").read_text()))
     assert job_memory(cfg, 2048) == job_memory(known, 2048)
+
+
+def test_stating_the_model_shape_reruns_nothing():
+    """model.shape sizes requests only: the download's identity (and so everything after it) is unchanged."""
+    from repro.config import validate_config
+    from repro.lm.runs import model_settings
+
+    raw = yaml.safe_load((REPO / "presets" / "paper.yaml").read_text())
+    plain = validate_config(copy.deepcopy(raw))
+    raw["model"]["shape"] = {"parameters": 6.7e9, "hidden_size": 4096, "intermediate_size": 11008,
+                             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                             "vocab_size": 32000}
+    stated = validate_config(raw)
+    assert stated["model"]["shape"] and model_settings(stated) == model_settings(plain)

@@ -165,8 +165,9 @@ def _without(section: dict, keys) -> dict:
 
 
 def model_settings(cfg: dict) -> dict:
-    """download_model{model}: the model section (its name is the path) and the dtype it is saved in."""
-    return {"model": _without(cfg["model"], ("name",)), "dtype": cfg["dtype"]}
+    """download_model{model}: the model section (its name is the path) and the dtype it is saved in.
+    ``model.shape`` only sizes cluster requests and the GPU check: stating it changes no weights."""
+    return {"model": _without(cfg["model"], ("name", "shape")), "dtype": cfg["dtype"]}
 
 
 def data_settings(cfg: dict) -> dict:
